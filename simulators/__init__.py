@@ -1,0 +1,1 @@
+"""braggmap: simulators package."""

@@ -1,0 +1,1 @@
+"""braggmap: viewer package."""
