@@ -1,0 +1,299 @@
+"""Fit 2D Gaussian peaks to a batch of polar windows: the Python entry points.
+
+``fit_windows`` allocates the outputs and returns them in a :class:`Gauss2DFitResult`;
+``fit_windows_into`` writes into caller-owned arrays (the service preallocates them once).
+Both validate shapes and dtypes (``ValueError`` naming the array) and call the Numba kernel
+of :mod:`analysis.gauss2d_lm`, which never raises for data conditions: each window gets a
+``analysis.status.Status`` code instead. The model, parameter order and units are in
+:mod:`analysis.gauss2d_model`; the algorithm, error scaling and status rules in
+:mod:`analysis.gauss2d_lm`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from analysis.errors import ConfigurationError
+from analysis.gauss2d_lm import (N_MATRIX_SCRATCH, N_VECTOR_SCRATCH, fit_batch_parallel,
+                                 fit_batch_serial)
+from analysis.gauss2d_model import (I_CHI0, I_I0, I_Q0, I_SCHI, I_SQ, N_PARAMS, PARAM_NAMES,
+                                    fwhm_from_sigma)
+
+__all__ = ["FitSettings", "Gauss2DFitResult", "default_bounds", "fit_windows",
+           "fit_windows_into", "fwhm_from_sigma", "warm_up", "PARAM_NAMES"]
+
+logger = logging.getLogger(__name__)
+
+WIDTH_MIN_BINS = 0.5
+"""Default lower bound of the rms widths, in bins (a FWHM of about 1.2 bins)."""
+WIDTH_MAX_FRACTION_OF_SPAN = 0.25
+"""Default upper bound of the rms widths as a fraction of the window span (FWHM ~0.6 span)."""
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Numbers that steer the fit (see :mod:`analysis.gauss2d_lm` for their meaning).
+
+    Attributes
+    ----------
+    max_iterations : int
+        Cap on attempted Levenberg-Marquardt steps per window.
+    ftol : float
+        Relative chi2 change below which the fit has converged.
+    xtol : float
+        Step size, in units of the parameters' standard errors, below which it has converged.
+    min_significance : float
+        ``I0 / sigma(I0)`` below which a peak is NOT_SIGNIFICANT.
+    edge_margin_bins : float
+        A centre closer than this (in bins) to the window edge is CENTRE_AT_EDGE.
+    min_valid_bins : int
+        Fewer valid bins than this: TOO_FEW_POINTS (at least 8 is enforced).
+    """
+
+    max_iterations: int = 100
+    ftol: float = 1e-10
+    xtol: float = 1e-8
+    min_significance: float = 3.0
+    edge_margin_bins: float = 1.0
+    min_valid_bins: int = 3 * N_PARAMS
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_iterations": self.max_iterations >= 1,
+            "ftol": 0 <= self.ftol < 1,
+            "xtol": self.xtol >= 0,
+            "min_significance": self.min_significance >= 0,
+            "edge_margin_bins": self.edge_margin_bins >= 0,
+            "min_valid_bins": self.min_valid_bins >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok or not np.isfinite(getattr(self, name)):
+                raise ConfigurationError(f"fit setting {name}={getattr(self, name)!r} is out of range")
+
+
+@dataclass
+class Gauss2DFitResult:
+    """Results of a batch fit; every array has a leading ``n_win`` axis.
+
+    Attributes
+    ----------
+    params, errors : ndarray (n_win, 7) float64
+        Fitted parameters and 1-sigma errors (order ``PARAM_NAMES``); NaN unless status OK.
+    status : ndarray (n_win,) int32
+        ``analysis.status.Status`` codes.
+    chi2_reduced : ndarray (n_win,) float64
+        chi2 / (n_valid - 7) at the end of the fit (diagnostic; NaN where no fit ran).
+    n_iterations : ndarray (n_win,) int32
+        Attempted steps.
+    raw_params : ndarray (n_win, 7) float64
+        Last parameters of every fit that ran, whatever its status (for debugging).
+    initial : ndarray (n_win, 7) float64
+        Start points (guess moved inside the bounds).
+    lower, upper : ndarray (n_win, 7) float64
+        Bounds used.
+    """
+
+    params: np.ndarray
+    errors: np.ndarray
+    status: np.ndarray
+    chi2_reduced: np.ndarray
+    n_iterations: np.ndarray
+    raw_params: np.ndarray
+    initial: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+
+    @property
+    def fwhm_q_nm(self) -> np.ndarray:
+        """Radial FWHM in nm^-1, shape (n_win,)."""
+        return fwhm_from_sigma(self.params[:, I_SQ])
+
+    @property
+    def fwhm_chi_deg(self) -> np.ndarray:
+        """Azimuthal FWHM in degrees, shape (n_win,)."""
+        return fwhm_from_sigma(self.params[:, I_SCHI])
+
+
+def default_bounds(q_centres_nm, chi_centres_deg) -> tuple[np.ndarray, np.ndarray]:
+    """Default bounds of every window, derived from its bin centres.
+
+    ``I0 >= 0``; centres within the first and last bin centres; rms widths between
+    ``WIDTH_MIN_BINS`` bins and ``WIDTH_MAX_FRACTION_OF_SPAN`` of the window span; background
+    free.
+
+    Parameters
+    ----------
+    q_centres_nm : ndarray (n_win, n_q), chi_centres_deg : ndarray (n_win, n_chi)
+
+    Returns
+    -------
+    lower, upper : ndarray (n_win, 7) float64
+    """
+    q = np.atleast_2d(np.asarray(q_centres_nm, dtype=np.float64))
+    chi = np.atleast_2d(np.asarray(chi_centres_deg, dtype=np.float64))
+    n_win = max(q.shape[0], chi.shape[0])
+    lower = np.full((n_win, N_PARAMS), -np.inf)
+    upper = np.full((n_win, N_PARAMS), np.inf)
+    lower[:, I_I0] = 0.0
+    for i_centre, i_width, axis in ((I_Q0, I_SQ, q), (I_CHI0, I_SCHI, chi)):
+        bin_width = np.abs(axis[:, -1] - axis[:, 0]) / (axis.shape[1] - 1)
+        lower[:, i_centre] = np.minimum(axis[:, 0], axis[:, -1])
+        upper[:, i_centre] = np.maximum(axis[:, 0], axis[:, -1])
+        lower[:, i_width] = WIDTH_MIN_BINS * bin_width
+        upper[:, i_width] = WIDTH_MAX_FRACTION_OF_SPAN * axis.shape[1] * bin_width
+    return lower, upper
+
+
+def _float64_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a C-contiguous float64 array of ``shape`` (broadcast), or a ValueError."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers, not dtype {array.dtype}")
+    try:
+        return np.ascontiguousarray(np.broadcast_to(array.astype(np.float64, copy=False), shape))
+    except ValueError:
+        raise ValueError(f"{name} has shape {array.shape}, expected {shape}") from None
+
+
+def _check_output(name: str, array, shape: tuple[int, ...], dtype) -> None:
+    if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape:
+        got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray)
+               else type(array).__name__)
+        raise ValueError(f"output {name} must be a {np.dtype(dtype)} array of shape {shape}, got {got}")
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(f"output {name} must be C-contiguous and writeable")
+
+
+def _bounds(name: str, given, default: np.ndarray) -> np.ndarray:
+    if given is None:
+        return default
+    values = _float64_array(name, given, default.shape)
+    return np.where(np.isnan(values), default, values)
+
+
+def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, params, errors, status,
+                     chi2_reduced, n_iterations, *, lower=None, upper=None, raw_params=None,
+                     initial=None, settings: FitSettings | None = None,
+                     parallel: bool = False) -> None:
+    """Fit a batch of windows into caller-owned output arrays.
+
+    Parameters
+    ----------
+    mean_counts : array_like (n_win, n_q, n_chi)
+        Background-subtracted mean counts per pixel; NaN where a bin has no valid pixel.
+    variance : array_like (n_win, n_q, n_chi)
+        Variance of each value (> 0; inf or NaN for an empty bin). A bin with variance 0 is
+        skipped: window builders should floor the Poisson variance (e.g. ``max(counts, 1)``).
+    q_centres_nm : array_like (n_win, n_q) or (n_q,)
+        Evenly spaced, increasing bin centres in q, nm^-1.
+    chi_centres_deg : array_like (n_win, n_chi) or (n_chi,)
+        Evenly spaced, increasing, continuous bin centres in chi, degrees.
+    params, errors : ndarray (n_win, 7) float64
+    status : ndarray (n_win,) int32
+    chi2_reduced : ndarray (n_win,) float64
+    n_iterations : ndarray (n_win,) int32
+        Outputs, C-contiguous (see :class:`Gauss2DFitResult`).
+    lower, upper : array_like (n_win, 7) or (7,), optional
+        Bounds; None or NaN entries take :func:`default_bounds`.
+    raw_params, initial : ndarray (n_win, 7) float64, optional
+        Debug outputs (last parameters of every fit, start points).
+    settings : FitSettings, optional
+    parallel : bool
+        Use the ``prange`` kernel (same results; for large batches in a single process).
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes or dtypes, fewer than 2 bins along an axis, or a lower bound above an
+        upper one.
+    """
+    settings = FitSettings() if settings is None else settings
+    counts = np.asarray(mean_counts)
+    if counts.ndim != 3 or counts.shape[1] < 2 or counts.shape[2] < 2:
+        raise ValueError(f"mean_counts must have shape (n_win, n_q >= 2, n_chi >= 2), "
+                         f"got {counts.shape}")
+    n_win, n_q, n_chi = counts.shape
+    counts = _float64_array("mean_counts", counts, counts.shape)
+    var = _float64_array("variance", variance, counts.shape)
+    q = _float64_array("q_centres_nm", q_centres_nm, (n_win, n_q))
+    chi = _float64_array("chi_centres_deg", chi_centres_deg, (n_win, n_chi))
+    default_lower, default_upper = default_bounds(q, chi)
+    low = _bounds("lower", lower, default_lower)
+    high = _bounds("upper", upper, default_upper)
+    bad = np.argwhere(low > high)
+    if bad.size:
+        w, k = bad[0]
+        raise ValueError(f"window {w}: lower bound {low[w, k]!r} of {PARAM_NAMES[k]} is above "
+                         f"the upper bound {high[w, k]!r}")
+    for name, array, shape, dtype in (
+            ("params", params, (n_win, N_PARAMS), np.float64),
+            ("errors", errors, (n_win, N_PARAMS), np.float64),
+            ("status", status, (n_win,), np.int32),
+            ("chi2_reduced", chi2_reduced, (n_win,), np.float64),
+            ("n_iterations", n_iterations, (n_win,), np.int32)):
+        _check_output(name, array, shape, dtype)
+    raw_params = np.empty((n_win, N_PARAMS)) if raw_params is None else raw_params
+    initial = np.empty((n_win, N_PARAMS)) if initial is None else initial
+    _check_output("raw_params", raw_params, (n_win, N_PARAMS), np.float64)
+    _check_output("initial", initial, (n_win, N_PARAMS), np.float64)
+    if n_win == 0:
+        return
+    n_chunks = min(numba.get_num_threads(), n_win) if parallel else 0
+    lead = (n_chunks,) if parallel else ()
+    scratch = (np.empty(lead + (n_q,)), np.empty(lead + (n_chi,)), np.empty(lead + (n_q * n_chi,)),
+               np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
+               np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)))
+    kernel = fit_batch_parallel if parallel else fit_batch_serial
+    kernel(counts, var, q, chi, low, high, int(settings.max_iterations), float(settings.ftol),
+           float(settings.xtol), float(settings.min_significance),
+           float(settings.edge_margin_bins), int(settings.min_valid_bins), params, errors, status,
+           chi2_reduced, n_iterations, raw_params, initial, *scratch)
+
+
+def fit_windows(mean_counts, variance, q_centres_nm, chi_centres_deg, lower=None, upper=None, *,
+                settings: FitSettings | None = None, parallel: bool = False) -> Gauss2DFitResult:
+    """Fit a batch of windows and return newly allocated results.
+
+    Arguments as in :func:`fit_windows_into`; a single window of shape (n_q, n_chi) is
+    accepted too (it becomes a batch of one).
+    """
+    counts = np.asarray(mean_counts)
+    if counts.ndim == 2:
+        counts = counts[None]
+        variance = np.asarray(variance)[None]
+        q_centres_nm = np.atleast_2d(q_centres_nm)
+        chi_centres_deg = np.atleast_2d(chi_centres_deg)
+    n_win = counts.shape[0] if counts.ndim == 3 else 0
+    q = np.asarray(q_centres_nm)
+    chi = np.asarray(chi_centres_deg)
+    default_lower, default_upper = default_bounds(
+        np.broadcast_to(q, (n_win, q.shape[-1])) if q.ndim else q,
+        np.broadcast_to(chi, (n_win, chi.shape[-1])) if chi.ndim else chi)
+    result = Gauss2DFitResult(
+        params=np.empty((n_win, N_PARAMS)), errors=np.empty((n_win, N_PARAMS)),
+        status=np.empty(n_win, np.int32), chi2_reduced=np.empty(n_win),
+        n_iterations=np.empty(n_win, np.int32), raw_params=np.empty((n_win, N_PARAMS)),
+        initial=np.empty((n_win, N_PARAMS)),
+        lower=_bounds("lower", lower, default_lower), upper=_bounds("upper", upper, default_upper))
+    fit_windows_into(counts, variance, q_centres_nm, chi_centres_deg, result.params,
+                     result.errors, result.status, result.chi2_reduced, result.n_iterations,
+                     lower=result.lower, upper=result.upper, raw_params=result.raw_params,
+                     initial=result.initial, settings=settings, parallel=parallel)
+    return result
+
+
+def warm_up(parallel: bool = False) -> None:
+    """Compile (or load from the Numba cache) the fit kernels on a tiny batch of two windows."""
+    q = np.linspace(0.5, 0.9, 12)
+    chi = np.linspace(150.0, 200.0, 16)
+    peak = np.exp(-((q[:, None] - 0.7) ** 2) / 0.005 - ((chi[None, :] - 175.0) ** 2) / 50.0)
+    counts = np.stack([100.0 * peak + 1.0, np.ones_like(peak)])
+    result = fit_windows(counts, np.maximum(counts, 1.0), q, chi)
+    if parallel:
+        fit_windows(counts, np.maximum(counts, 1.0), q, chi, parallel=True)
+    logger.debug("gauss2d fit kernels ready (status of the warm-up windows: %s)",
+                 result.status.tolist())

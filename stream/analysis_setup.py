@@ -1,0 +1,117 @@
+"""Which analysis a service runs: geometry (PONI), peak model and background files, and the
+per-series analyzers built from them.
+
+Files are read here, at the edge; :mod:`analysis` receives plain arrays and dataclasses.
+Analyzers (with their geometry tables) are built once per pixel mask and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from analysis.errors import GeometryError
+from analysis.frame_analysis import FrameAnalyzer
+from stream.background_file import load_background
+from stream.bundled_config import default_config_dir
+from stream.config_files import load_geometry, load_peak_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PONI = "p10_lapkin_eiger4m.poni"
+DEFAULT_PEAKS = "peaks_cspbbr2cl_lapkin.yaml"
+
+
+@dataclass(frozen=True)
+class AnalysisSetup:
+    """Paths of the analysis configuration (plain values: it is handed to worker processes).
+
+    Attributes
+    ----------
+    poni_path : str
+        pyFAI PONI geometry file.
+    peaks_path : str
+        Peak model YAML file.
+    background_path : str or None
+        Kapton-only background frame (``.npy``, or HDF5 with a ``background`` dataset).
+    williamson_hall_L_nm : float or None
+        NC size L fixed for per-frame g_q / delta_psi (None: the peak model's value).
+    """
+
+    poni_path: str
+    peaks_path: str
+    background_path: str | None = None
+    williamson_hall_L_nm: float | None = None
+
+    @classmethod
+    def default(cls, **overrides) -> "AnalysisSetup":
+        config_dir = default_config_dir()
+        values = {
+            "poni_path": str(config_dir / DEFAULT_PONI),
+            "peaks_path": str(config_dir / DEFAULT_PEAKS),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def analyzer_cache(self) -> "AnalyzerCache":
+        return AnalyzerCache(self)
+
+    def parameter_names(self) -> tuple[str, ...]:
+        return FrameAnalyzer.parameter_names_for(load_peak_model(self.peaks_path))
+
+    def parameter_units(self) -> dict[str, str]:
+        return FrameAnalyzer.parameter_units_for(load_peak_model(self.peaks_path))
+
+
+class AnalyzerCache:
+    """Loads the configuration once and builds one :class:`FrameAnalyzer` per pixel mask."""
+
+    def __init__(self, setup: AnalysisSetup) -> None:
+        self.setup = setup
+        self.geometry = load_geometry(setup.poni_path)
+        self.peak_model = load_peak_model(setup.peaks_path)
+        self.background = (
+            load_background(setup.background_path, self.geometry.shape) if setup.background_path else None
+        )
+        self.parameter_names = FrameAnalyzer.parameter_names_for(self.peak_model)
+        self._by_mask: dict[str, FrameAnalyzer] = {}
+
+    def _build(self, pixel_mask: np.ndarray | None) -> FrameAnalyzer:
+        key = "none" if pixel_mask is None else hashlib.sha1(np.ascontiguousarray(pixel_mask)).hexdigest()
+        if key not in self._by_mask:
+            log.info("building geometry tables for mask %s", key[:8])
+            self._by_mask[key] = FrameAnalyzer(
+                self.geometry, self.peak_model, pixel_mask=pixel_mask, background=self.background,
+                williamson_hall_L_nm=self.setup.williamson_hall_L_nm,
+            )
+        return self._by_mask[key]
+
+    def default(self) -> FrameAnalyzer:
+        """The analyzer used before any series header (no pixel mask: NODATA pixels still skipped)."""
+        return self._build(None)
+
+    def for_series(self, info, pixel_mask: np.ndarray | None) -> FrameAnalyzer:
+        """The analyzer for a series; raises :class:`GeometryError` when the detector data do not
+        fit the configured geometry (shape, pixel size, wavelength)."""
+        if info.image_shape is not None:
+            self.geometry.check_matches(
+                tuple(info.image_shape), pixel_size_m=info.pixel_size_m, wavelength_m=info.wavelength_m
+            )
+        if pixel_mask is not None and pixel_mask.shape != self.geometry.shape:
+            raise GeometryError(f"pixel mask shape {pixel_mask.shape} does not match the geometry "
+                                f"{self.geometry.shape}")
+        return self._build(pixel_mask)
+
+
+def resolve_config_path(name: str | None, default: str) -> str:
+    """A user path, or a file name inside the bundled ``config/`` folder."""
+    if name is None:
+        return str(default_config_dir() / default)
+    path = Path(name)
+    if not path.exists() and (default_config_dir() / name).exists():
+        return str(default_config_dir() / name)
+    return str(path)

@@ -1,0 +1,325 @@
+"""The ``braggmap`` command.
+
+Subcommands: ``demo`` (the embedded default: a synthetic scan streamed by the simulator through
+the whole service), ``replay`` (re-analyse a recorded EIGER scan through the same path),
+``serve`` (the live service against a detector), ``worker`` (one more analysis worker, on any
+host). The simulator runs as its own process, as a real detector would, so the service never
+imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from analysis.errors import BraggmapError
+from analysis.scan_grid import ScanGrid
+
+# The service's modules (numba, pyFAI, zmq) are imported inside the commands so that
+# `braggmap --help` answers at once.
+DEFAULT_PONI = "p10_lapkin_eiger4m.poni"
+DEFAULT_PEAKS = "peaks_cspbbr2cl_lapkin.yaml"
+
+log = logging.getLogger("braggmap")
+
+DEMO_GRID = (25, 25)
+DEMO_STEP_UM = 0.5
+
+
+class CommandError(BraggmapError):
+    """A one-line error for the user; the command exits with status 2."""
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+def _add_analysis_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("analysis")
+    group.add_argument("--poni", help=f"pyFAI PONI geometry file (default: config/{DEFAULT_PONI})")
+    group.add_argument("--peaks", help=f"peak model YAML (default: config/{DEFAULT_PEAKS})")
+    group.add_argument("--background", help="Kapton-only background frame (.npy or HDF5 'background')")
+    group.add_argument("--workers", type=int, default=1, help="analysis worker processes (default 1)")
+    group.add_argument("--output", type=Path, help="folder for the map files (HDF5 + PNG)")
+
+
+def _add_grid_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", nargs=2, type=int, metavar=("NY", "NX"),
+                        help="raster shape (rows = slow axis, columns = fast axis)")
+    parser.add_argument("--snake", action="store_true", help="odd rows scanned in reverse")
+    parser.add_argument("--step", nargs=2, type=float, metavar=("DY_UM", "DX_UM"),
+                        help="step sizes in micrometres (default 1 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="braggmap", description="braggmap: live analysis of X-ray nanodiffraction raster scans streamed by DECTRIS EIGER detectors.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the service does")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="stream a bundled synthetic 25 x 25 scan through the service",
+                               description="Generate (once, cached) a synthetic supercrystal scan, "
+                               "stream it with the detector simulator over loopback into the service "
+                               "and write the maps as HDF5 + PNG.")
+    _add_analysis_options(demo)
+    demo.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="EIGER stream version")
+    demo.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as possible)")
+    demo.add_argument("--cache-dir", type=Path, help="where the synthetic scan is cached")
+
+    replay = commands.add_parser("replay", help="re-analyse a recorded EIGER scan (master file)",
+                                 description="Stream a recorded EIGER HDF5 scan through the detector "
+                                 "simulator into the service and write the maps.")
+    replay.add_argument("master", type=Path, help="EIGER master file (NAME_master.h5)")
+    _add_analysis_options(replay)
+    _add_grid_options(replay)
+    replay.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as possible)")
+    replay.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="EIGER stream version")
+
+    serve = commands.add_parser("serve", help="run the live service against a detector stream")
+    _add_analysis_options(serve)
+    _add_grid_options(serve)
+    serve.add_argument("--detector", default="tcp://127.0.0.1:9999",
+                       help="detector stream endpoint (v1 port 9999, v2 port 31001)")
+    serve.add_argument("--protocol", choices=("auto", "v1", "v2"), default="auto")
+    serve.add_argument("--work-endpoint", default="tcp://127.0.0.1:0",
+                       help="endpoint workers connect to (bind address; use tcp://0.0.0.0:PORT for remote workers)")
+    serve.add_argument("--collector-endpoint", default="tcp://127.0.0.1:0",
+                       help="endpoint results are sent to (bind address)")
+    serve.add_argument("--publish", default="tcp://127.0.0.1:5557", help="map snapshot PUB endpoint for viewers")
+    serve.add_argument("--overflow", choices=("drop", "block"), default="drop",
+                       help="when workers cannot keep up: drop and count frames (live) or slow the sender")
+    serve.add_argument("--series-timeout", type=float, default=30.0,
+                       help="close a series after this many seconds without a message")
+
+    worker = commands.add_parser("worker", help="run one analysis worker (scale out across hosts)")
+    worker.add_argument("--work-endpoint", required=True, help="the ingest's worker endpoint")
+    worker.add_argument("--collector-endpoint", required=True, help="the collector's endpoint")
+    worker.add_argument("--poni")
+    worker.add_argument("--peaks")
+    worker.add_argument("--background")
+    worker.add_argument("--credits", type=int, default=3, help="frames in flight to this worker")
+    return parser
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _setup_from(args):
+    from stream.analysis_setup import AnalysisSetup, resolve_config_path
+
+    setup = AnalysisSetup(
+        poni_path=resolve_config_path(args.poni, DEFAULT_PONI),
+        peaks_path=resolve_config_path(args.peaks, DEFAULT_PEAKS),
+        background_path=str(args.background) if args.background else None,
+    )
+    for label, path in (("geometry", setup.poni_path), ("peak model", setup.peaks_path),
+                        ("background", setup.background_path)):
+        if path is not None and not Path(path).is_file():
+            raise CommandError(f"{label} file {path} does not exist")
+    _check_setup(setup)
+    return setup
+
+
+def _check_setup(setup) -> None:
+    """Parse the configuration once here, so a bad file is a one-line error before anything starts."""
+    from stream.config_files import load_geometry, load_peak_model
+
+    load_geometry(setup.poni_path)
+    load_peak_model(setup.peaks_path)
+
+
+def _grid_from(args) -> ScanGrid | None:
+    if not getattr(args, "grid", None):
+        return None
+    step = tuple(args.step) if args.step else (1.0, 1.0)
+    return ScanGrid(shape=(args.grid[0], args.grid[1]), snake=args.snake, step_um=step)
+
+
+def _write_outcome(outcome, setup, output_dir: Path) -> tuple[Path, Path]:
+    from analysis.frame_analysis import FrameAnalyzer
+    from stream.config_files import load_peak_model
+    from stream.map_figure import render_map_figure
+    from stream.map_file import write_map_file
+    from stream.service import output_paths
+
+    peak_model = load_peak_model(setup.peaks_path)
+    units = FrameAnalyzer.parameter_units_for(peak_model)
+    descriptions = FrameAnalyzer.parameter_descriptions_for(peak_model)
+    h5_path, png_path = output_paths(output_dir, outcome.info.series_id)
+    write_map_file(h5_path, outcome, units, descriptions, setup.poni_path, setup.peaks_path)
+    title = f"series {outcome.info.series_id}"
+    if outcome.summary is not None:
+        title += " — " + outcome.summary.line()
+    render_map_figure(png_path, outcome.maps.values, units, outcome.grid, title=title)
+    return h5_path, png_path
+
+
+def _simulator_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "simulators", *arguments]
+
+
+def _start_simulator(master: Path, protocol: str, rate: float | None, series_id: int,
+                     appendix: str | None) -> tuple[subprocess.Popen, str]:
+    """Start the detector simulator process; returns it and the endpoint it bound."""
+    command = _simulator_command("serve", str(master), "--endpoint", "tcp://127.0.0.1:0",
+                                 "--protocol", protocol, "--series-id", str(series_id),
+                                 "--header-detail", "all", "--wait-for-peers", "300")
+    if rate:
+        command += ["--rate", str(rate)]
+    if appendix:
+        command += ["--header-appendix", appendix]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("endpoint "):
+        process.wait(30)
+        error = (process.stderr.read() or line or "simulator exited").strip().splitlines()
+        raise CommandError(error[-1] if error else "the detector simulator did not start")
+    return process, line.split()[1]
+
+
+def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
+                         output_dir: Path, appendix: str | None = None) -> int:
+    """Simulator -> service -> map files; prints the accounting and where the maps are."""
+    from stream.progress import ProgressLine
+    from stream.service import Service, ServiceConfig, ServiceError
+
+    simulator, endpoint = _start_simulator(master, args.protocol, args.rate, 1, appendix)
+    config = ServiceConfig(setup=setup, detector_endpoint=endpoint, protocol=args.protocol,
+                           n_workers=args.workers, grid=grid, overflow="block", series_timeout_s=60.0)
+    service = Service(config)
+    written: list[tuple[Path, Path]] = []
+    service.on_series_complete = lambda outcome: written.append(_write_outcome(outcome, setup, output_dir))
+    try:
+        try:
+            service.start()
+        except ServiceError as exc:
+            raise CommandError(str(exc)) from exc
+        progress = ProgressLine(stream=sys.stderr)
+        service.collector.progress = progress.update
+        outcome = _wait_for_outcome(service, simulator)
+        progress.finish()
+    finally:
+        service.stop()
+        if simulator.poll() is None:
+            simulator.terminate()
+        simulator.wait(10)
+    geometry_problems = [p for p in outcome.problems if "geometry" in p or "does not match" in p]
+    if geometry_problems and outcome.results and all(
+            e for e in outcome.analysis_errors) and sum(outcome.analysis_errors.values()) >= outcome.results:
+        raise CommandError(geometry_problems[0])
+    print(outcome.summary.line() if outcome.summary else "frames: no accounting summary (series incomplete)")
+    for problem in outcome.problems:
+        print(f"warning: {problem}")
+    for error, count in outcome.analysis_errors.items():
+        print(f"warning: {count} frames not analysed: {error}")
+    if written:
+        h5_path, png_path = written[-1]
+        print(f"maps: {h5_path}")
+        print(f"figure: {png_path}")
+    return 0
+
+
+def _wait_for_outcome(service, simulator: subprocess.Popen):
+    while True:
+        try:
+            return service.wait_for_series(0.2)
+        except queue.Empty:
+            pass
+        for series in list(service.collector.series.values()):
+            geometry = [p for p in series.problems if "does not match" in p]
+            if geometry:
+                raise CommandError(geometry[0])
+        if simulator.poll() not in (None, 0):
+            error = simulator.stderr.read().strip().splitlines()
+            raise CommandError(error[-1] if error else f"the detector simulator failed ({simulator.returncode})")
+
+
+# -- commands ------------------------------------------------------------------------------------
+def command_demo(args) -> int:
+    started = time.monotonic()
+    setup = _setup_from(args)
+    cache_dir = args.cache_dir or Path(os.environ.get("BRAGGMAP_CACHE", Path.home() / ".cache" / "braggmap"))
+    print(f"braggmap demo: preparing the synthetic {DEMO_GRID[0]} x {DEMO_GRID[1]} scan in {cache_dir} "
+          "(generated once, then cached)", flush=True)
+    result = subprocess.run(_simulator_command("synthesize", "--cache-dir", str(cache_dir)),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CommandError((result.stderr.strip().splitlines() or ["synthetic scan generation failed"])[-1])
+    lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines() if " " in line)
+    master = Path(lines["master"])
+    if args.background is None and "background" in lines:
+        from stream.analysis_setup import AnalysisSetup
+
+        setup = AnalysisSetup(setup.poni_path, setup.peaks_path, lines["background"])
+    grid = ScanGrid(shape=DEMO_GRID, step_um=(DEMO_STEP_UM, DEMO_STEP_UM), axis_names=("y", "x"))
+    output_dir = args.output or Path(tempfile.mkdtemp(prefix="braggmap-demo-"))
+    print(f"braggmap demo: streaming {master.name} over loopback (EIGER stream {args.protocol}) "
+          f"into {args.workers} worker(s)", flush=True)
+    status = _run_through_service(master, setup, grid, args, output_dir)
+    print(f"braggmap demo: done in {time.monotonic() - started:.0f} s; maps written to {output_dir}")
+    return status
+
+
+def command_replay(args) -> int:
+    setup = _setup_from(args)
+    if not args.master.is_file():
+        raise CommandError(f"master file {args.master} does not exist")
+    output_dir = args.output or args.master.parent / f"{args.master.stem.removesuffix('_master')}_maps"
+    return _run_through_service(args.master, setup, _grid_from(args), args, output_dir)
+
+
+def command_serve(args) -> int:
+    from stream.service import Service, ServiceConfig
+
+    setup = _setup_from(args)
+    output_dir = args.output or Path.cwd() / "braggmap-output"
+    config = ServiceConfig(
+        setup=setup, detector_endpoint=args.detector, protocol=args.protocol, n_workers=args.workers,
+        work_endpoint=args.work_endpoint, collector_endpoint=args.collector_endpoint,
+        publish_endpoint=args.publish, overflow=args.overflow, series_timeout_s=args.series_timeout,
+        grid=_grid_from(args),
+    )
+
+    def report(outcome) -> None:
+        h5_path, png_path = _write_outcome(outcome, setup, output_dir)
+        print(outcome.summary.line() if outcome.summary else "frames: series incomplete", flush=True)
+        print(f"maps: {h5_path}\nfigure: {png_path}", flush=True)
+
+    with Service(config, on_series_complete=report) as service:
+        print(f"braggmap: ready; detector {args.detector}, workers connect to {service.ingest.work_endpoint}, "
+              f"results to {service.collector.endpoint}, maps published on {service.publish_endpoint}", flush=True)
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("braggmap: stopping")
+    return 0
+
+
+def command_worker(args) -> int:
+    from stream.worker import WorkerConfig, run_worker_process
+
+    setup = _setup_from(args)
+    run_worker_process(WorkerConfig(args.work_endpoint, args.collector_endpoint, setup, credits=args.credits))
+    return 0
+
+
+COMMANDS = {"demo": command_demo, "replay": command_replay, "serve": command_serve, "worker": command_worker}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except BraggmapError as exc:
+        print(f"braggmap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

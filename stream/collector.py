@@ -1,0 +1,232 @@
+"""The collector: owns the maps. Places every worker result on its scan pixel, knows when a
+series is complete, and hands the finished maps to whoever writes them.
+
+One collector per service; workers and the ingest PUSH to its PULL socket. The map state is
+also published (PUB, snapshots, newest wins) for viewers: a slow viewer drops snapshots and
+never slows the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from analysis.map_state import MapState
+from analysis.scan_grid import ScanGrid
+from analysis.status import Status
+from stream import wire
+from stream.accounting import AccountingSummary
+from stream.published_state import MapPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeriesOutcome:
+    """A finished series: its maps, accounting and any problems."""
+
+    info: wire.SeriesInfo
+    grid: ScanGrid
+    maps: MapState
+    summary: AccountingSummary | None
+    results: int
+    analysis_errors: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    complete: bool = True
+
+
+class _Series:
+    def __init__(self, info: wire.SeriesInfo, grid: ScanGrid, parameters: tuple[str, ...]) -> None:
+        self.info = info
+        self.grid = grid
+        self.maps = MapState(grid.shape, list(parameters))
+        self.summary: AccountingSummary | None = None
+        self.forwarded: int | None = None
+        self.results = 0
+        self.errors: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.latencies_ms: list[float] = []
+        self.summary_at: float | None = None
+        self.outside_grid = 0
+
+
+class Collector:
+    """Gather results into maps.
+
+    Parameters
+    ----------
+    endpoint : str
+        Endpoint to bind (PULL). ``tcp://127.0.0.1:0`` picks a free port (see :attr:`endpoint`).
+    parameters : tuple of str
+        Names of the values in every result vector, in order.
+    on_series_complete : callable
+        Called (in the collector thread) with a :class:`SeriesOutcome` when a series ends.
+    grid_for : callable, optional
+        ``grid_for(info) -> ScanGrid``: where frames go. By default the series appendix's
+        ``braggmap_scan`` description, else frames by index.
+    publish_endpoint : str, optional
+        Where to publish map snapshots (PUB) for viewers.
+    results_timeout_s : float
+        After the ingest's summary, how long to wait for outstanding worker results.
+    """
+
+    def __init__(self, endpoint: str, parameters: tuple[str, ...],
+                 on_series_complete: Callable[[SeriesOutcome], None],
+                 grid_for: Callable[[wire.SeriesInfo], ScanGrid] | None = None,
+                 publish_endpoint: str | None = None, results_timeout_s: float = 30.0,
+                 context: zmq.Context | None = None) -> None:
+        from stream.ingest import _bindable
+
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(_bindable(endpoint))
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.parameters = tuple(parameters)
+        self.on_series_complete = on_series_complete
+        self.grid_for = grid_for or default_grid
+        self.results_timeout_s = results_timeout_s
+        self.publisher = MapPublisher(publish_endpoint, self._context) if publish_endpoint else None
+        self.series: dict[int, _Series] = {}
+        self.malformed = 0
+        self.progress: Callable[[_Series], None] | None = None
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name="braggmap-collector", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self.socket.poll(100, zmq.POLLIN):
+                    for _ in range(256):
+                        try:
+                            parts = self.socket.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.handle(parts)
+                self._check_complete()
+                if self.publisher is not None:
+                    self.publisher.maybe_publish(self.series)
+        finally:
+            for series_id in list(self.series):
+                self._finish(series_id, complete=False)
+            self.socket.close(linger=0)
+            if self.publisher is not None:
+                self.publisher.close()
+
+    def handle(self, parts: list[bytes]) -> None:
+        """Apply one message (public so tests can drive the collector without a thread)."""
+        try:
+            kind = parts[0]
+            if kind == wire.SERIES:
+                info, _mask = wire.decode_series(parts)
+                self._open(info)
+            elif kind == wire.RESULT:
+                self._on_result(*wire.decode_result(parts))
+            elif kind == wire.SUMMARY:
+                data = wire.loads(parts[1])
+                series = self.series.get(int(data["series_id"]))
+                if series is None:
+                    log.warning("summary for unknown series %s", data["series_id"])
+                    return
+                series.summary = AccountingSummary.from_dict(data)
+                series.forwarded = int(data.get("forwarded", 0))
+                series.summary_at = time.monotonic()
+            elif kind == wire.PROBLEM:
+                data = wire.loads(parts[1])
+                series = self.series.get(data.get("series_id"))
+                if series is not None and data["message"] not in series.problems:
+                    series.problems.append(data["message"])
+                log.error("problem in series %s: %s", data.get("series_id"), data["message"])
+            else:
+                raise ValueError(f"unknown message kind {kind!r}")
+        except Exception as exc:
+            self.malformed += 1
+            log.warning("collector ignored a bad message: %s", exc)
+
+    def _open(self, info: wire.SeriesInfo) -> None:
+        if info.series_id in self.series:
+            self._finish(info.series_id, complete=False)
+        grid = self.grid_for(info)
+        self.series[info.series_id] = _Series(info, grid, self.parameters)
+
+    def _on_result(self, meta: dict, values: np.ndarray, statuses: np.ndarray) -> None:
+        series = self.series.get(meta.get("series_id"))
+        if series is None:
+            log.warning("result for unknown series %s", meta.get("series_id"))
+            return
+        series.results += 1
+        if meta.get("error"):
+            series.errors[meta["error"]] = series.errors.get(meta["error"], 0) + 1
+        if meta.get("received_ns"):
+            series.latencies_ms.append((time.time_ns() - meta["received_ns"]) / 1e6)
+        position = series.grid.position(int(meta["frame_index"]))
+        if position is None:
+            series.outside_grid += 1
+            return
+        if values.size != len(self.parameters):
+            series.errors["result of the wrong length"] = series.errors.get("result of the wrong length", 0) + 1
+            values = np.full(len(self.parameters), np.nan)
+            statuses = np.full(len(self.parameters), int(Status.INVALID_INPUT), dtype=np.int32)
+        series.maps.update(position[0], position[1], values, statuses)
+        if self.progress is not None:
+            self.progress(series)
+
+    def _check_complete(self) -> None:
+        now = time.monotonic()
+        for series_id, series in list(self.series.items()):
+            if series.forwarded is None:
+                continue
+            if series.results >= series.forwarded:
+                self._finish(series_id, complete=True)
+            elif now - series.summary_at > self.results_timeout_s:
+                series.problems.append(
+                    f"{series.forwarded - series.results} analysed frames never came back from the workers")
+                self._finish(series_id, complete=False)
+
+    def _finish(self, series_id: int, complete: bool) -> None:
+        series = self.series.pop(series_id)
+        if series.outside_grid:
+            series.problems.append(f"{series.outside_grid} frames fell outside the {series.grid.shape} scan grid")
+        outcome = SeriesOutcome(
+            info=series.info, grid=series.grid, maps=series.maps, summary=series.summary,
+            results=series.results, analysis_errors=series.errors, problems=series.problems,
+            latencies_ms=series.latencies_ms, complete=complete and series.summary is not None,
+        )
+        if self.publisher is not None:
+            self.publisher.publish_now(series_id, series)
+        try:
+            self.on_series_complete(outcome)
+        except Exception:
+            log.exception("writing the outcome of series %d failed", series_id)
+
+
+def default_grid(info: wire.SeriesInfo) -> ScanGrid:
+    """The scan grid a series describes in its appendix (``braggmap_scan``), else by frame index."""
+    appendix = info.appendix
+    if isinstance(appendix, str):
+        try:
+            appendix = wire.loads(appendix.encode())
+        except Exception:
+            appendix = None
+    if isinstance(appendix, dict) and isinstance(appendix.get("braggmap_scan"), dict):
+        try:
+            return ScanGrid.from_dict(appendix["braggmap_scan"])
+        except Exception as exc:
+            log.warning("ignoring malformed scan description in the series appendix: %s", exc)
+    return ScanGrid.by_index(info.n_images or 1)

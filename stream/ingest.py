@@ -1,0 +1,278 @@
+"""The ingest: one per detector stream. Owns the series header and the frame accounting, and
+fans compressed frames out to the analysis workers.
+
+Topology (see README): detector PUSH -> ingest PULL; ingest ROUTER <- worker DEALERs (load
+balancing by credits: a worker asks for frames, so a slow worker is never flooded and a new
+worker gets the current series header first); ingest and workers PUSH -> collector PULL.
+
+Overflow policy when every worker is busy:
+* ``"block"`` (replay, demo): stop reading the detector socket; ZeroMQ back-pressure slows the
+  sender, nothing is dropped.
+* ``"drop"`` (live detector, whose own buffer must not fill): keep up to ``max_queue`` frames,
+  drop and *count* the rest; dropped frames appear in the series summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+
+import zmq
+
+from stream import wire
+from stream.accounting import SeriesAccounting
+from stream.messages import ImageFrame, SeriesEnd, SeriesStart
+from stream.receiver import DetectorReceiver, Malformed, Received
+
+log = logging.getLogger(__name__)
+
+
+class Ingest:
+    """Receive one detector stream and distribute it.
+
+    Parameters
+    ----------
+    detector_endpoint : str
+        Endpoint the detector binds (this side connects).
+    work_endpoint : str
+        Endpoint this ingest binds (ROUTER) for workers; ``tcp://127.0.0.1:0`` picks a free port
+        (see :attr:`work_endpoint` after :meth:`bind`).
+    collector_endpoint : str
+        Endpoint the collector binds.
+    protocol : {"auto", "v1", "v2"}
+    overflow : {"block", "drop"}
+    max_queue : int
+        Frames held while all workers are busy (``"drop"`` policy).
+    series_timeout_s : float
+        A series with no message for this long is closed with ``ended_by="timeout"``.
+    """
+
+    def __init__(self, detector_endpoint: str, work_endpoint: str, collector_endpoint: str,
+                 protocol: str = "auto", overflow: str = "block", max_queue: int = 64,
+                 series_timeout_s: float = 30.0, context: zmq.Context | None = None) -> None:
+        if overflow not in ("block", "drop"):
+            raise ValueError(f"overflow policy {overflow!r} is not 'block' or 'drop'")
+        self._context = context or zmq.Context.instance()
+        self.receiver = DetectorReceiver(detector_endpoint, protocol, self._context)
+        self.router = self._context.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.bind(_bindable(work_endpoint))
+        self.work_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.to_collector = self._context.socket(zmq.PUSH)
+        self.to_collector.setsockopt(zmq.LINGER, 2000)
+        self.to_collector.connect(collector_endpoint)
+        self.overflow = overflow
+        self.max_queue = max_queue
+        self.series_timeout_s = series_timeout_s
+        self.credits: dict[bytes, int] = {}
+        self.queue: deque[list] = deque()
+        self.accounting: SeriesAccounting | None = None
+        self.series_parts: list[bytes] | None = None
+        self.forwarded = 0
+        self.orphans: Counter[str] = Counter()
+        self._last_message = time.monotonic()
+        self._pending_end: str | None = None
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.series_closed = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name="braggmap-ingest", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.thread is not None:
+            self.thread.join(10)
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.credits)
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        detector_registered = False
+        try:
+            while not self._stop.is_set():
+                want_detector = self.overflow == "drop" or self._has_capacity()
+                if want_detector != detector_registered:
+                    if want_detector:
+                        poller.register(self.receiver.socket, zmq.POLLIN)
+                    else:
+                        poller.unregister(self.receiver.socket)
+                    detector_registered = want_detector
+                events = dict(poller.poll(100))
+                if self.router in events:
+                    self._handle_workers()
+                if detector_registered and self.receiver.socket in events:
+                    self._handle_detector_burst()
+                self._check_timeout()
+        finally:
+            if self.accounting is not None:
+                self._drain_queue_blocking(5.0)
+                self._close_series("shutdown")
+            self.receiver.close()
+            self.router.close(linger=0)
+            self.to_collector.close()
+
+    # -- workers ---------------------------------------------------------------------------
+    def _handle_workers(self) -> None:
+        while self.router.poll(0, zmq.POLLIN):
+            parts = self.router.recv_multipart()
+            identity, kind = parts[0], parts[1] if len(parts) > 1 else b""
+            if kind == wire.READY:
+                try:
+                    credits = int(wire.loads(parts[2]).get("credits", 1))
+                except Exception:
+                    credits = 1
+                new = identity not in self.credits
+                self.credits[identity] = self.credits.get(identity, 0) + credits
+                if new and self.series_parts is not None:
+                    self._send_to_worker(identity, self.series_parts)
+                log.info("worker %r ready (%d credits)", identity, credits)
+            elif kind == wire.CREDIT:
+                self.credits[identity] = self.credits.get(identity, 0) + 1
+            else:
+                log.warning("ignoring worker message of kind %r", kind)
+        self._flush_queue()
+        self._maybe_send_pending_end()
+
+    def _has_capacity(self) -> bool:
+        return any(c > 0 for c in self.credits.values())
+
+    def _send_to_worker(self, identity: bytes, parts: list) -> bool:
+        try:
+            self.router.send_multipart([identity, *parts], copy=False)
+            return True
+        except zmq.ZMQError as exc:  # worker vanished (ROUTER_MANDATORY)
+            log.warning("worker %r unreachable (%s); forgetting it", identity, exc)
+            self.credits.pop(identity, None)
+            return False
+
+    def _dispatch(self, parts: list) -> bool:
+        """Send one frame to the worker with most credits; False when none has any."""
+        while self.credits:
+            identity = max(self.credits, key=self.credits.__getitem__)
+            if self.credits[identity] <= 0:
+                return False
+            if self._send_to_worker(identity, parts):
+                self.credits[identity] -= 1
+                self.forwarded += 1
+                return True
+        return False
+
+    def _flush_queue(self) -> None:
+        while self.queue and self._dispatch(self.queue[0]):
+            self.queue.popleft()
+
+    def _drain_queue_blocking(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.queue and time.monotonic() < deadline:
+            if self.router.poll(100, zmq.POLLIN):
+                self._handle_workers()
+        for parts in self.queue:
+            meta = wire.loads(parts[1])
+            if self.accounting is not None:
+                self.accounting.record_dropped(meta["frame_index"])
+        self.queue.clear()
+
+    # -- detector --------------------------------------------------------------------------
+    def _handle_detector_burst(self) -> None:
+        for _ in range(64):  # bounded so worker credits are served between bursts
+            if self.overflow == "block" and not self._has_capacity():
+                return
+            item = self.receiver.receive(0)
+            if item is None:
+                return
+            self._last_message = time.monotonic()
+            if isinstance(item, Malformed):
+                self._on_malformed(item)
+            else:
+                self._on_message(item)
+
+    def _on_message(self, item: Received) -> None:
+        message = item.message
+        if isinstance(message, SeriesStart):
+            if self.accounting is not None:
+                self._close_series("next_series")
+            self._open_series(wire.SeriesInfo.from_start(message), message.pixel_mask)
+        elif isinstance(message, ImageFrame):
+            if self.accounting is None or message.series_id != self.accounting.series_id:
+                if self.accounting is not None:
+                    self._close_series("next_series")
+                log.warning("frames of series %d arrived without its header", message.series_id)
+                self._open_series(wire.SeriesInfo.headerless(message), None)
+            if not self.accounting.record_frame(message.frame_index):
+                return
+            parts = wire.encode_frame(message, item.received_ns)
+            if not self._dispatch(parts):
+                if self.overflow == "drop" and len(self.queue) >= self.max_queue:
+                    self.accounting.record_dropped(message.frame_index)
+                else:
+                    self.queue.append(parts)
+        elif isinstance(message, SeriesEnd):
+            if self.accounting is None or message.series_id != self.accounting.series_id:
+                self.orphans[f"series end for unknown series {message.series_id}"] += 1
+                return
+            self._pending_end = "end"
+            self._maybe_send_pending_end()
+
+    def _on_malformed(self, item: Malformed) -> None:
+        log.debug("malformed detector message: %s", item.reason)
+        if self.accounting is None:
+            self.orphans[item.reason] += 1
+        elif item.frame_index is not None and item.series_id in (None, self.accounting.series_id):
+            self.accounting.record_undecodable(item.frame_index, item.reason)
+        else:
+            self.accounting.record_malformed(item.reason)
+
+    def _open_series(self, info: wire.SeriesInfo, mask) -> None:
+        self.accounting = SeriesAccounting(info.series_id, info.n_images)
+        for reason, count in self.orphans.items():
+            self.accounting.malformed += count
+            self.accounting.reasons[reason] += count
+        self.orphans.clear()
+        self.forwarded = 0
+        self._pending_end = None
+        self.series_parts = wire.encode_series(info, mask)
+        self.to_collector.send_multipart(self.series_parts)
+        for identity in list(self.credits):
+            self._send_to_worker(identity, self.series_parts)
+
+    def _maybe_send_pending_end(self) -> None:
+        if self._pending_end is not None and not self.queue:
+            self._close_series(self._pending_end)
+
+    def _close_series(self, ended_by: str) -> None:
+        if self.accounting is None:
+            return
+        if self.queue:
+            self._drain_queue_blocking(5.0)
+        summary = self.accounting.summary(ended_by).as_dict()
+        summary["forwarded"] = self.forwarded
+        self.to_collector.send_multipart([wire.SUMMARY, wire.dumps(summary)])
+        log.info("series %d closed: forwarded %d", self.accounting.series_id, self.forwarded)
+        self.accounting = None
+        self.series_parts = None
+        self._pending_end = None
+        self.series_closed += 1
+
+    def _check_timeout(self) -> None:
+        if self.accounting is not None and self._pending_end is None:
+            if time.monotonic() - self._last_message > self.series_timeout_s:
+                log.warning("series %d: no message for %.0f s, closing it",
+                            self.accounting.series_id, self.series_timeout_s)
+                self._pending_end = "timeout"
+                self._maybe_send_pending_end()
+
+
+def _bindable(endpoint: str) -> str:
+    """``tcp://host:0`` asks the OS for a free port (ZeroMQ spells it ``*``)."""
+    if endpoint.startswith("tcp://") and endpoint.endswith(":0"):
+        return endpoint[:-2] + ":*"
+    return endpoint

@@ -1,0 +1,162 @@
+"""The running service: one ingest per detector stream, N worker processes, one collector.
+
+This is the one place where sockets, threads and processes are wired together. Everything
+talks over ZeroMQ endpoints, so a worker on another host is the same worker started with
+``braggmap worker --work-endpoint ... --collector-endpoint ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from analysis.errors import BraggmapError
+from analysis.scan_grid import ScanGrid
+from stream import wire
+from stream.analysis_setup import AnalysisSetup
+from stream.collector import Collector, SeriesOutcome, default_grid
+from stream.ingest import Ingest
+from stream.worker import WorkerConfig, run_worker_process
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(BraggmapError):
+    """The service could not start (workers not ready, endpoint in use...)."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Endpoints, worker count and analysis of a service.
+
+    ``tcp://127.0.0.1:0`` endpoints are bound on OS-assigned ports (loopback by default).
+    """
+
+    setup: AnalysisSetup
+    detector_endpoint: str = "tcp://127.0.0.1:9999"
+    protocol: str = "auto"
+    n_workers: int = 1
+    work_endpoint: str = "tcp://127.0.0.1:0"
+    collector_endpoint: str = "tcp://127.0.0.1:0"
+    publish_endpoint: str | None = "tcp://127.0.0.1:0"
+    overflow: str = "block"
+    max_queue: int = 64
+    series_timeout_s: float = 30.0
+    results_timeout_s: float = 30.0
+    worker_credits: int = 3
+    grid: ScanGrid | None = None
+    ready_timeout_s: float = 180.0
+
+
+@dataclass
+class Service:
+    """Start/stop the whole pipeline; finished series arrive in :attr:`outcomes`.
+
+    Parameters
+    ----------
+    config : ServiceConfig
+    on_series_complete : callable, optional
+        Called in the collector thread for each finished series (e.g. write the maps).
+    """
+
+    config: ServiceConfig
+    on_series_complete: Callable[[SeriesOutcome], None] | None = None
+    outcomes: "queue.Queue[SeriesOutcome]" = field(default_factory=queue.Queue)
+
+    def __post_init__(self) -> None:
+        self.collector: Collector | None = None
+        self.ingest: Ingest | None = None
+        self.workers: list[multiprocessing.Process] = []
+
+    def _complete(self, outcome: SeriesOutcome) -> None:
+        try:
+            if self.on_series_complete is not None:
+                self.on_series_complete(outcome)
+        finally:
+            self.outcomes.put(outcome)
+
+    def _grid_for(self, info: wire.SeriesInfo) -> ScanGrid:
+        return self.config.grid if self.config.grid is not None else default_grid(info)
+
+    def start(self) -> "Service":
+        config = self.config
+        parameters = config.setup.parameter_names()
+        self.collector = Collector(
+            config.collector_endpoint, parameters, self._complete, grid_for=self._grid_for,
+            publish_endpoint=config.publish_endpoint, results_timeout_s=config.results_timeout_s,
+        )
+        self.ingest = Ingest(
+            config.detector_endpoint, config.work_endpoint, self.collector.endpoint,
+            protocol=config.protocol, overflow=config.overflow, max_queue=config.max_queue,
+            series_timeout_s=config.series_timeout_s,
+        )
+        self.collector.start()
+        self.ingest.start()
+        context = multiprocessing.get_context("spawn")
+        for index in range(config.n_workers):
+            worker_config = WorkerConfig(
+                work_endpoint=self.ingest.work_endpoint,
+                collector_endpoint=self.collector.endpoint,
+                setup=config.setup,
+                credits=config.worker_credits,
+                name=f"worker-{index}",
+            )
+            process = context.Process(target=run_worker_process, args=(worker_config,),
+                                      name=f"braggmap-worker-{index}", daemon=True)
+            process.start()
+            self.workers.append(process)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while self.ingest.n_workers < self.config.n_workers:
+            dead = [p.name for p in self.workers if not p.is_alive()]
+            if dead:
+                self.stop()
+                raise ServiceError(f"worker process {dead[0]} exited during start-up "
+                                   f"(see its error above)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError(f"only {self.ingest.n_workers} of {self.config.n_workers} workers "
+                                   f"were ready after {self.config.ready_timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    @property
+    def publish_endpoint(self) -> str | None:
+        return self.collector.publisher.endpoint if self.collector and self.collector.publisher else None
+
+    def wait_for_series(self, timeout_s: float | None = None) -> SeriesOutcome:
+        """Block until the next series is finished; raises ``queue.Empty`` on time-out."""
+        return self.outcomes.get(timeout=timeout_s)
+
+    def stop(self) -> None:
+        if self.ingest is not None:
+            self.ingest.stop()
+        for process in self.workers:
+            if process.is_alive():
+                process.terminate()
+        for process in self.workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(2)
+        if self.collector is not None:
+            self.collector.stop()
+
+    def __enter__(self) -> "Service":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def output_paths(output_dir: Path, series_id: int) -> tuple[Path, Path]:
+    """Where a series' maps go: ``maps_series<id>.h5`` and ``.png``."""
+    stem = output_dir / f"maps_series{series_id:04d}"
+    return stem.with_suffix(".h5"), stem.with_suffix(".png")

@@ -1,0 +1,187 @@
+"""The service's internal messages between ingest, workers and collector.
+
+Multipart ZeroMQ messages of one kind tag, one compact JSON part and raw binary parts (never
+pickle). Image payloads travel still compressed, exactly as the detector sent them.
+
+=================  ==========================  =============================================
+kind               direction                   parts after the kind
+=================  ==========================  =============================================
+``series``         ingest -> workers, collector JSON :class:`SeriesInfo`, pixel mask (uint32 or b"")
+``frame``          ingest -> worker            JSON frame metadata, compressed payload
+``ready``          worker -> ingest            JSON ``{"credits": n, "worker": name}``
+``credit``         worker -> ingest            (none): one more frame may be sent
+``result``         worker -> collector         JSON metadata, values float64, statuses int32
+``summary``        ingest -> collector         JSON accounting summary + ``forwarded``
+``problem``        ingest/worker -> collector  JSON ``{"series_id", "message"}``
+=================  ==========================  =============================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from analysis.errors import ProtocolError
+from stream.messages import ImageFrame, SeriesStart
+
+SERIES = b"series"
+FRAME = b"frame"
+READY = b"ready"
+CREDIT = b"credit"
+RESULT = b"result"
+SUMMARY = b"summary"
+PROBLEM = b"problem"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=True).encode()
+
+
+def loads(part: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(part))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"internal message part is not JSON: {exc}") from exc
+
+
+def _jsonable(value: Any) -> Any:
+    """Appendix payloads may be bytes: keep them readable in JSON."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return raw.hex()
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What workers and the collector need to know about a series (from its header)."""
+
+    series_id: int
+    protocol: str
+    n_images: int | None
+    image_shape: tuple[int, int] | None
+    image_dtype: str | None
+    saturation_value: int | None
+    wavelength_m: float | None
+    pixel_size_m: float | None
+    detector_distance_m: float | None
+    count_time_s: float | None
+    appendix: Any = None
+    header_seen: bool = True
+
+    @classmethod
+    def from_start(cls, start: SeriesStart) -> "SeriesInfo":
+        return cls(
+            series_id=start.series_id,
+            protocol=start.protocol,
+            n_images=start.n_images,
+            image_shape=start.image_shape,
+            image_dtype=start.image_dtype,
+            saturation_value=start.saturation_value,
+            wavelength_m=start.wavelength_m,
+            pixel_size_m=start.pixel_size_m,
+            detector_distance_m=start.detector_distance_m,
+            count_time_s=start.count_time_s,
+            appendix=_jsonable(start.appendix),
+        )
+
+    @classmethod
+    def headerless(cls, frame: ImageFrame) -> "SeriesInfo":
+        """A series whose header was never received: only what the first frame tells."""
+        return cls(
+            series_id=frame.series_id,
+            protocol="?",
+            n_images=None,
+            image_shape=frame.shape,
+            image_dtype=frame.dtype,
+            saturation_value=None,
+            wavelength_m=None,
+            pixel_size_m=None,
+            detector_distance_m=None,
+            count_time_s=None,
+            header_seen=False,
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SeriesInfo":
+        data = dict(data)
+        if data.get("image_shape") is not None:
+            data["image_shape"] = tuple(int(v) for v in data["image_shape"])
+        return cls(**data)
+
+
+def encode_series(info: SeriesInfo, pixel_mask: np.ndarray | None) -> list[bytes]:
+    mask = b"" if pixel_mask is None else np.ascontiguousarray(pixel_mask, dtype="<u4").tobytes()
+    return [SERIES, dumps(info.as_dict()), mask]
+
+
+def decode_series(parts: list) -> tuple[SeriesInfo, np.ndarray | None]:
+    if len(parts) != 3:
+        raise ProtocolError(f"series message has {len(parts)} parts, expected 3")
+    info = SeriesInfo.from_dict(loads(parts[1]))
+    mask_bytes = bytes(parts[2])
+    mask = None
+    if mask_bytes:
+        if info.image_shape is None or len(mask_bytes) != 4 * info.image_shape[0] * info.image_shape[1]:
+            raise ProtocolError(f"series {info.series_id}: pixel mask of {len(mask_bytes)} bytes "
+                                f"does not fit shape {info.image_shape}")
+        mask = np.frombuffer(mask_bytes, dtype="<u4").reshape(info.image_shape)
+    return info, mask
+
+
+def encode_frame(frame: ImageFrame, received_ns: int) -> list:
+    meta = {
+        "series_id": frame.series_id,
+        "frame_index": frame.frame_index,
+        "shape": list(frame.shape),
+        "dtype": frame.dtype,
+        "compression": frame.compression,
+        "elem_size": frame.elem_size,
+        "received_ns": received_ns,
+    }
+    return [FRAME, dumps(meta), frame.payload]
+
+
+def decode_frame(parts: list) -> tuple[dict, memoryview]:
+    if len(parts) != 3:
+        raise ProtocolError(f"frame message has {len(parts)} parts, expected 3")
+    meta = loads(parts[1])
+    payload = parts[2]
+    payload = payload.buffer if hasattr(payload, "buffer") else memoryview(payload)
+    meta["shape"] = tuple(meta["shape"])
+    return meta, payload
+
+
+def encode_result(meta: dict, values: np.ndarray, statuses: np.ndarray) -> list[bytes]:
+    return [
+        RESULT,
+        dumps(meta),
+        np.ascontiguousarray(values, dtype="<f8").tobytes(),
+        np.ascontiguousarray(statuses, dtype="<i4").tobytes(),
+    ]
+
+
+def decode_result(parts: list) -> tuple[dict, np.ndarray, np.ndarray]:
+    if len(parts) != 4:
+        raise ProtocolError(f"result message has {len(parts)} parts, expected 4")
+    meta = loads(parts[1])
+    values = np.frombuffer(bytes(parts[2]), dtype="<f8")
+    statuses = np.frombuffer(bytes(parts[3]), dtype="<i4")
+    if values.shape != statuses.shape:
+        raise ProtocolError(f"result has {values.size} values but {statuses.size} statuses")
+    return meta, values, statuses

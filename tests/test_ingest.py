@@ -1,0 +1,188 @@
+"""The ingest over real loopback sockets: header ownership, credit-based fan-out to workers,
+frame accounting of good, bad and missing messages, overflow and time-outs.
+
+The detector side is a PUSH socket sending bytes from our encoders (and garbage); the workers
+and the collector are plain sockets held by the test, so the ingest is tested on its own.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from stream import wire
+from stream.codecs import compress
+from stream.ingest import Ingest
+from stream.messages import ImageFrame, SeriesEnd, SeriesStart
+from stream.protocol_v1 import encode_v1_end, encode_v1_image, encode_v1_start
+
+SHAPE = (6, 5)
+CONFIG = {
+    "nimages": 1, "ntrigger": 4, "trigger_mode": "ints", "x_pixels_in_detector": SHAPE[1],
+    "y_pixels_in_detector": SHAPE[0], "bit_depth_image": 32, "wavelength": 0.8984,
+    "x_pixel_size": 7.5e-05, "y_pixel_size": 7.5e-05, "countrate_correction_count_cutoff": 100000,
+}
+
+
+def start_message(series_id: int = 7, n_images: int = 4) -> SeriesStart:
+    config = dict(CONFIG, ntrigger=n_images)
+    return SeriesStart(series_id=series_id, protocol="v1", header_detail="basic", config=config,
+                       n_images=n_images, image_shape=SHAPE, image_dtype="uint32")
+
+
+def image_message(index: int, series_id: int = 7) -> ImageFrame:
+    pixels = np.full(SHAPE, index, dtype=np.uint32)
+    return ImageFrame(series_id=series_id, frame_index=index, shape=SHAPE, dtype="uint32",
+                      compression="bslz4", payload=compress(pixels, "bslz4"), elem_size=4)
+
+
+class Harness:
+    """Detector PUSH, collector PULL and a way to add worker DEALERs, around one Ingest."""
+
+    def __init__(self, **ingest_options) -> None:
+        self.context = zmq.Context()
+        self.detector = self.context.socket(zmq.PUSH)
+        self.detector.setsockopt(zmq.LINGER, 0)
+        port = self.detector.bind_to_random_port("tcp://127.0.0.1")
+        self.collector = self.context.socket(zmq.PULL)
+        self.collector.setsockopt(zmq.LINGER, 0)
+        collector_port = self.collector.bind_to_random_port("tcp://127.0.0.1")
+        self.ingest = Ingest(f"tcp://127.0.0.1:{port}", "tcp://127.0.0.1:0",
+                             f"tcp://127.0.0.1:{collector_port}", context=self.context, **ingest_options)
+        self.ingest.start()
+        self.workers: list[zmq.Socket] = []
+
+    def add_worker(self, credits: int) -> zmq.Socket:
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(self.ingest.work_endpoint)
+        dealer.send_multipart([wire.READY, wire.dumps({"credits": credits})])
+        self.workers.append(dealer)
+        deadline = time.monotonic() + 5
+        while self.ingest.n_workers < len(self.workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return dealer
+
+    def send(self, parts) -> None:
+        self.detector.send_multipart(parts)
+
+    def collect(self, kind: bytes, timeout_s: float = 5.0) -> list[bytes]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.collector.poll(100):
+                parts = self.collector.recv_multipart()
+                if parts[0] == kind:
+                    return parts
+        raise AssertionError(f"no {kind!r} message reached the collector")
+
+    def close(self) -> None:
+        self.ingest.stop()
+        for socket in [self.detector, self.collector, *self.workers]:
+            socket.close(linger=0)
+        self.context.term()
+
+
+@pytest.fixture
+def harness_factory():
+    made = []
+
+    def make(**options) -> Harness:
+        made.append(Harness(**options))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
+
+
+def receive(dealer: zmq.Socket, timeout_ms: int = 5000) -> list[bytes]:
+    assert dealer.poll(timeout_ms), "worker received nothing"
+    return dealer.recv_multipart()
+
+
+def test_series_flows_to_worker_and_accounting_reaches_collector(harness_factory):
+    harness = harness_factory()
+    worker = harness.add_worker(credits=10)
+    harness.send(encode_v1_start(start_message()))
+    for index in (0, 1, 3):
+        harness.send(encode_v1_image(image_message(index)))
+    harness.send([b"{not json", b"x"])
+    harness.send(encode_v1_image(image_message(1)))  # duplicate
+    harness.send(encode_v1_end(SeriesEnd(series_id=7)))
+
+    kind, info_json, mask = receive(worker)
+    assert kind == wire.SERIES
+    info = wire.SeriesInfo.from_dict(wire.loads(info_json))
+    assert info.series_id == 7 and info.n_images == 4 and info.image_shape == SHAPE
+    indices = []
+    for _ in range(3):
+        parts = receive(worker)
+        meta, payload = wire.decode_frame(parts)
+        indices.append(meta["frame_index"])
+        assert meta["compression"] == "bslz4" and bytes(payload) == image_message(meta["frame_index"]).payload
+    assert indices == [0, 1, 3]
+    assert not worker.poll(200), "the duplicate must not be analysed"
+
+    assert harness.collect(wire.SERIES)[0] == wire.SERIES
+    summary = wire.loads(harness.collect(wire.SUMMARY)[1])
+    assert summary["received"] == 3 and summary["expected"] == 4 and summary["forwarded"] == 3
+    assert summary["missing"] == [2] and summary["duplicates"] == 1 and summary["malformed"] == 1
+    assert summary["ended_by"] == "end"
+    assert any("JSON" in reason for reason in summary["reasons"]), summary["reasons"]
+
+
+def test_frames_go_only_to_workers_with_credit_and_late_worker_gets_header(harness_factory):
+    harness = harness_factory()
+    first = harness.add_worker(credits=1)
+    harness.send(encode_v1_start(start_message(n_images=3)))
+    for index in range(3):
+        harness.send(encode_v1_image(image_message(index)))
+    assert receive(first)[0] == wire.SERIES
+    assert wire.decode_frame(receive(first))[0]["frame_index"] == 0
+    assert not first.poll(300), "a worker without credit must not get frames"
+    late = harness.add_worker(credits=5)
+    assert receive(late)[0] == wire.SERIES, "a new worker gets the current header first"
+    got = sorted(wire.decode_frame(receive(late))[0]["frame_index"] for _ in range(2))
+    assert got == [1, 2]
+
+
+def test_drop_policy_counts_every_dropped_frame(harness_factory):
+    harness = harness_factory(overflow="drop", max_queue=2)
+    worker = harness.add_worker(credits=1)
+    harness.send(encode_v1_start(start_message(n_images=6)))
+    for index in range(6):
+        harness.send(encode_v1_image(image_message(index)))
+    harness.send(encode_v1_end(SeriesEnd(series_id=7)))
+    receive(worker)  # series
+    receive(worker)  # frame 0, no credit returned yet
+    time.sleep(0.5)
+    worker.send_multipart([wire.CREDIT])
+    worker.send_multipart([wire.CREDIT])
+    summary = wire.loads(harness.collect(wire.SUMMARY)[1])
+    assert summary["dropped"] == 3  # 1 in flight, 2 queued, 3 dropped
+    assert summary["received"] == 3 and summary["lost"] == 3
+    assert summary["forwarded"] == 3
+
+
+def test_series_without_end_times_out(harness_factory):
+    harness = harness_factory(series_timeout_s=0.5)
+    harness.add_worker(credits=5)
+    harness.send(encode_v1_start(start_message(n_images=4)))
+    harness.send(encode_v1_image(image_message(0)))
+    summary = wire.loads(harness.collect(wire.SUMMARY, timeout_s=5)[1])
+    assert summary["ended_by"] == "timeout" and summary["missing"] == [1, 2, 3]
+
+
+def test_frames_without_header_open_a_headerless_series(harness_factory):
+    harness = harness_factory(series_timeout_s=0.5)
+    worker = harness.add_worker(credits=5)
+    harness.send(encode_v1_image(image_message(0, series_id=9)))
+    kind, info_json, _ = receive(worker)
+    info = wire.SeriesInfo.from_dict(wire.loads(info_json))
+    assert kind == wire.SERIES and not info.header_seen and info.image_shape == SHAPE
+    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
+    summary = wire.loads(harness.collect(wire.SUMMARY)[1])
+    assert summary["received"] == 1 and summary["expected"] is None

@@ -1,0 +1,114 @@
+"""The map-parameter registry and the per-frame result vectors built from the derived values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis.atomic_lattice import atomic_lattice_parameters
+from analysis.errors import ConfigurationError
+from analysis.map_parameters import (
+    ColourRangeRule, error_name, map_parameters, map_vectors, parameter_names, peak_map_values, registry,
+)
+from analysis.map_state import MapState
+from analysis.peak_fits import PeakFits, SAXS_FIRST_ORDER, WAXS_PEAKS
+from analysis.status import Status
+from analysis.superlattice import superlattice_parameters
+from analysis.williamson_hall import frame_broadening
+
+LAPKIN_PEAKS = SAXS_FIRST_ORDER + WAXS_PEAKS
+HEADLINE = ("saxs_intensity", "a1_nm", "a2_nm", "gamma_deg", "phi_deg", "a_mean_nm", "a_ratio", "a_sc_nm",
+            "gamma_hiller_deg", "psi_deg", "psi_minus_phi_deg", "i_al", "a_al_nm", "a_nm", "b_nm", "g_q",
+            "delta_psi_deg")
+
+
+def test_registry_holds_every_requested_map_with_units():
+    params = registry(LAPKIN_PEAKS)
+    for name in HEADLINE:
+        assert name in params, name
+    assert params["saxs_intensity"].unit == "counts" and params["i_al"].unit == "photons"
+    assert params["a_mean_nm"].unit == "nm" and params["gamma_deg"].unit == "deg"
+    for peak in LAPKIN_PEAKS:
+        for quantity, unit in (("i0", "photons"), ("q0_nm", "nm^-1"), ("chi0_deg", "deg"),
+                               ("fwhm_q_nm", "nm^-1"), ("fwhm_chi_deg", "deg")):
+            assert params[f"{peak}.{quantity}"].unit == unit
+            assert error_name(f"{peak}.{quantity}") in params
+    for peak in WAXS_PEAKS:
+        assert f"{peak}.a_al_nm" in params
+    assert all(p.description for p in params.values())
+    assert len(parameter_names(LAPKIN_PEAKS)) == len(params) == len(map_parameters(LAPKIN_PEAKS))
+
+
+def test_registry_follows_the_peak_model():
+    saxs_only = parameter_names(SAXS_FIRST_ORDER)
+    assert "a_mean_nm" in saxs_only and "psi_deg" not in saxs_only and "g_q" not in saxs_only
+    waxs_only = parameter_names(("waxs_010", "waxs_020"))
+    assert "psi_deg" in waxs_only and "a_nm" in waxs_only and "b_nm" not in waxs_only
+    assert "a_mean_nm" not in waxs_only and "psi_minus_phi_deg" not in waxs_only
+
+
+def test_error_names():
+    assert error_name("a1_nm") == "a1_err_nm"
+    assert error_name("waxs_010.q0_nm") == "waxs_010.q0_err_nm"
+    assert error_name("waxs_010.i0") == "waxs_010.i0_err"
+    assert error_name("a_ratio") == "a_ratio_err"
+    assert error_name("phi_deg") == "phi_err_deg"
+
+
+def test_colour_range_rule():
+    values = np.arange(101, dtype=float)
+    values[5] = np.nan
+    low, high = ColourRangeRule().limits(values)
+    finite = values[np.isfinite(values)]
+    assert low == pytest.approx(np.percentile(finite, 2)) and high == pytest.approx(np.percentile(finite, 98))
+    assert ColourRangeRule().limits(np.full(4, np.nan)) is None
+    assert ColourRangeRule().limits(np.full(4, 3.0)) == (1.5, 4.5)
+    assert ColourRangeRule(fixed=(0, 2)).limits(values) == (0.0, 2.0)
+
+
+def _lapkin_frame():
+    a, gamma_deg, phi1 = 10.0, 90.0, 40.0
+    q_sl = 2 * math.pi / a
+    peaks = {}
+    for name, chi in zip(SAXS_FIRST_ORDER, (phi1 + gamma_deg - 90, phi1 + 90, phi1 + gamma_deg + 90, phi1 - 90)):
+        peaks[name] = {"i0": 500.0, "q0_nm": q_sl, "chi0_deg": chi, "fwhm_q_nm": 0.1, "fwhm_chi_deg": 5.0,
+                       "q0_err_nm": 0.001, "chi0_err_deg": 0.2}
+    q100 = 2 * math.pi / 0.574
+    psi = 130.0
+    for name, q, chi in (("waxs_010", q100, psi), ("waxs_020", 2 * q100, psi),
+                         ("waxs_110", math.sqrt(2) * q100, psi - 45), ("waxs_m110", math.sqrt(2) * q100, psi + 45)):
+        peaks[name] = {"i0": 100.0, "q0_nm": q, "chi0_deg": chi, "fwhm_q_nm": 0.8, "fwhm_chi_deg": 15.0}
+    peaks["waxs_020"]["status"] = int(Status.NOT_SIGNIFICANT)
+    return PeakFits.from_peaks(peaks)
+
+
+def test_vectors_from_derived_values_fill_a_map_state():
+    names = parameter_names(LAPKIN_PEAKS)
+    fits = _lapkin_frame()
+    sl = superlattice_parameters(fits)
+    al = atomic_lattice_parameters(fits, phi_deg=sl.phi_deg, phi_status=sl.status)
+    wh = frame_broadening(fits, L_nm=7.77)
+    saxs = ({"saxs_intensity": np.float64(1234.0)}, {"saxs_intensity": np.int32(Status.OK)})
+    values, statuses = map_vectors(names, saxs, sl.map_values(), al.map_values(), wh.map_values(),
+                                   peak_map_values(fits))
+    assert values.shape == (len(names),) and statuses.dtype == np.int32
+    by_name = dict(zip(names, values))
+    status_of = dict(zip(names, statuses))
+    assert by_name["a_mean_nm"] == pytest.approx(10.0) and by_name["phi_deg"] == pytest.approx(85.0)
+    assert by_name["psi_minus_phi_deg"] == pytest.approx(45.0)
+    assert by_name["a_al_nm"] == pytest.approx(0.574)
+    assert np.isnan(by_name["waxs_020.q0_nm"]) and status_of["waxs_020.q0_nm"] == Status.NOT_SIGNIFICANT
+    assert by_name["saxs_1.q0_err_nm"] == pytest.approx(0.001)
+    assert by_name["g_q"] > 0 and status_of["g_q"] == Status.OK
+    # invariant: OK goes with a number, everything else with NaN
+    assert np.all(np.isfinite(values) == (statuses == Status.OK))
+
+    state = MapState((2, 2), names)
+    state.update(1, 0, values, statuses)
+    assert state.values["a_mean_nm"][1, 0] == pytest.approx(10.0)
+    assert state.statuses["waxs_020.q0_nm"][1, 0] == Status.NOT_SIGNIFICANT
+
+    with pytest.raises(ConfigurationError, match="saxs_intensity"):
+        map_vectors(names, sl.map_values(), al.map_values(), wh.map_values(), peak_map_values(fits))
