@@ -72,7 +72,8 @@ class FitSettings:
         }
         for name, ok in checks.items():
             if not ok or not np.isfinite(getattr(self, name)):
-                raise ConfigurationError(f"fit setting {name}={getattr(self, name)!r} is out of range")
+                raise ConfigurationError(
+                    f"fit setting {name}={getattr(self, name)!r} is out of range")
 
 
 @dataclass
@@ -154,16 +155,19 @@ def _float64_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers, not dtype {array.dtype}")
     try:
-        return np.ascontiguousarray(np.broadcast_to(array.astype(np.float64, copy=False), shape))
+        result = np.ascontiguousarray(np.broadcast_to(array.astype(np.float64, copy=False), shape))
     except ValueError:
         raise ValueError(f"{name} has shape {array.shape}, expected {shape}") from None
+    # one kernel signature: read-only inputs (broadcast views, frozen buffers) are copied
+    return result if result.flags.writeable else result.copy()
 
 
 def _check_output(name: str, array, shape: tuple[int, ...], dtype) -> None:
     if not isinstance(array, np.ndarray) or array.dtype != dtype or array.shape != shape:
         got = (f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray)
                else type(array).__name__)
-        raise ValueError(f"output {name} must be a {np.dtype(dtype)} array of shape {shape}, got {got}")
+        raise ValueError(f"output {name} must be a {np.dtype(dtype)} array of shape {shape}, "
+                         f"got {got}")
     if not array.flags.c_contiguous or not array.flags.writeable:
         raise ValueError(f"output {name} must be C-contiguous and writeable")
 
@@ -244,7 +248,8 @@ def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, param
         return
     n_chunks = min(numba.get_num_threads(), n_win) if parallel else 0
     lead = (n_chunks,) if parallel else ()
-    scratch = (np.empty(lead + (n_q,)), np.empty(lead + (n_chi,)), np.empty(lead + (n_q * n_chi,)),
+    scratch = (np.empty(lead + (n_q,)), np.empty(lead + (3, n_chi)),
+               np.empty(lead + (n_q * n_chi,)),
                np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
                np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)))
     kernel = fit_batch_parallel if parallel else fit_batch_serial

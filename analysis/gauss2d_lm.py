@@ -63,7 +63,7 @@ N_MATRIX_SCRATCH = 4
 N_VECTOR_SCRATCH = 8
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def cholesky_factor(matrix, factor):
     """Lower Cholesky factor of a symmetric positive definite 7 x 7 (or n x n) matrix.
 
@@ -89,7 +89,7 @@ def cholesky_factor(matrix, factor):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def cholesky_solve(factor, rhs, solution):
     """Solve ``L L^T x = rhs`` for x, given the lower factor ``L`` (``solution`` may be ``rhs``)."""
     n = factor.shape[0]
@@ -105,13 +105,20 @@ def cholesky_solve(factor, rhs, solution):
         solution[i] = total / factor[i, i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
+def _axis_valid(axis):
+    """True for finite, strictly increasing bin centres."""
+    for i in range(axis.shape[0]):
+        if not math.isfinite(axis[i]) or (i > 0 and not axis[i] > axis[i - 1]):
+            return False
+    return True
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _inputs_valid(mean_counts, variance, q_nm, chi_deg, lower, upper):
     """False for data that are wrong rather than missing (see the module docstring)."""
-    for axis in (q_nm, chi_deg):
-        for i in range(axis.shape[0]):
-            if not math.isfinite(axis[i]) or (i > 0 and not axis[i] > axis[i - 1]):
-                return False
+    if not (_axis_valid(q_nm) and _axis_valid(chi_deg)):
+        return False
     for k in range(N_PARAMS):
         if math.isnan(lower[k]) or math.isnan(upper[k]) or lower[k] > upper[k]:
             return False
@@ -124,7 +131,7 @@ def _inputs_valid(mean_counts, variance, q_nm, chi_deg, lower, upper):
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _count_valid(mean_counts, variance):
     n = 0
     for i in range(mean_counts.shape[0]):
@@ -136,7 +143,7 @@ def _count_valid(mean_counts, variance):
     return n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _move_inside(p, lower, upper):
     """Project a start point into the bounds, strictly inside where both bounds are finite."""
     for k in range(N_PARAMS):
@@ -151,7 +158,7 @@ def _move_inside(p, lower, upper):
             p[k] = high
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, column, errors):
     """1-sigma errors ``sqrt(diag(A^-1))`` of the free parameters (fixed ones: 0).
 
@@ -167,8 +174,11 @@ def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, colu
             elif not (normal_matrix[a, a] > 0.0 and normal_matrix[b, b] > 0.0):
                 return False
             else:
-                scaled[a, b] = normal_matrix[a, b] / math.sqrt(normal_matrix[a, a]
-                                                              * normal_matrix[b, b])
+                # sqrt of each diagonal separately: their product can underflow to 0
+                norm = math.sqrt(normal_matrix[a, a]) * math.sqrt(normal_matrix[b, b])
+                if not norm > 0.0:
+                    return False
+                scaled[a, b] = normal_matrix[a, b] / norm
     if not cholesky_factor(scaled, factor):
         return False
     for k in range(N_PARAMS):
@@ -184,7 +194,7 @@ def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, colu
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_iterations, ftol,
                       xtol, min_significance, edge_margin_bins, min_valid_bins, params_out,
                       errors_out, raw_out, initial_out, exp_q, exp_chi, sort_buffer, mats, vecs):
@@ -201,7 +211,7 @@ def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_it
     ftol, xtol, min_significance, edge_margin_bins : float
     params_out, errors_out, raw_out, initial_out : float64 (7,)
         Outputs (NaN unless OK / unless a fit ran / unless a guess was made).
-    exp_q : float64 (n_q,), exp_chi : float64 (n_chi,), sort_buffer : float64 (n_q * n_chi,)
+    exp_q : float64 (n_q,), exp_chi : float64 (3, n_chi), sort_buffer : float64 (n_q * n_chi,)
     mats : float64 (4, 7, 7), vecs : float64 (8, 7)
         Scratch.
 
@@ -331,14 +341,14 @@ def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_it
     return status, chi2_reduced, n_iterations
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def fit_batch_serial(mean_counts, variance, q_nm, chi_deg, lower, upper, max_iterations, ftol,
                      xtol, min_significance, edge_margin_bins, min_valid_bins, params, errors,
                      status, chi2_reduced, n_iterations, raw_params, initial, exp_q, exp_chi,
                      sort_buffer, mats, vecs):
     """Fit every window of a batch in turn; arrays carry a leading ``n_win`` axis.
 
-    Scratch (``exp_q`` (n_q,), ``exp_chi`` (n_chi,), ``sort_buffer`` (n_q * n_chi,), ``mats``
+    Scratch (``exp_q`` (n_q,), ``exp_chi`` (3, n_chi), ``sort_buffer`` (n_q * n_chi,), ``mats``
     (4, 7, 7), ``vecs`` (8, 7)) is shared by all windows; nothing is allocated per window.
     """
     for w in range(mean_counts.shape[0]):
@@ -351,7 +361,7 @@ def fit_batch_serial(mean_counts, variance, q_nm, chi_deg, lower, upper, max_ite
         n_iterations[w] = n_iter
 
 
-@numba.njit(parallel=True)
+@numba.njit(parallel=True, error_model="numpy")
 def fit_batch_parallel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_iterations, ftol,
                        xtol, min_significance, edge_margin_bins, min_valid_bins, params, errors,
                        status, chi2_reduced, n_iterations, raw_params, initial, exp_q, exp_chi,

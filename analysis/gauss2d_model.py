@@ -162,10 +162,36 @@ def chi2_normal_equations(params, mean_counts, variance, q_centres_nm, chi_centr
             jac.T @ (weight * resid))
 
 
-@numba.njit(cache=True)
+# Which chi function each Jacobian column carries (see normal_equations_kernel):
+# 0 = U (Gaussian in chi), 1 = T (U x dchi / s_chi^2), 2 = S (U x (dchi^2 / s_chi^2 - 1) / s_chi),
+# 3 = constant 1.
+_CHI_FACTOR = (0, 0, 1, 0, 2, 3, 3)
+
+
+@numba.njit(cache=True, inline="always")
+def _pair_sum(k, l, s00, s01, s02, s03, s11, s12, s13, s22, s23, s33):
+    """Element (k, l) of the symmetric 4 x 4 table of weighted chi-function products."""
+    if k > l:
+        k, l = l, k
+    if k == 0:
+        return s00 if l == 0 else (s01 if l == 1 else (s02 if l == 2 else s03))
+    if k == 1:
+        return s11 if l == 1 else (s12 if l == 2 else s13)
+    if k == 2:
+        return s22 if l == 2 else s23
+    return s33
+
+
+@numba.njit(cache=True, error_model="numpy")
 def normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid_nm,
-                            exp_q, exp_chi, grad, normal_matrix, gradient):
+                            exp_q, chi_work, alpha, normal_matrix, gradient):
     """Chi-square, ``J^T W J`` and ``J^T W r`` of the model at ``p`` over the valid bins.
+
+    Every Jacobian column is a q-only factor ``alpha_a(q_i)`` times one of four chi-only
+    functions F (``_CHI_FACTOR``): the Gaussian in chi ``U``, ``T = U dchi / s_chi^2``,
+    ``S = U (dchi^2 / s_chi^2 - 1) / s_chi`` and 1. Per q row the kernel sums the 10 weighted
+    products ``w F_k F_l`` and the 4 ``w F_k r`` over chi, then adds ``alpha_a alpha_b``
+    times them into the matrix: about 16 multiply-adds per bin instead of 35.
 
     Parameters
     ----------
@@ -177,15 +203,15 @@ def normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid_nm,
         Bin centres.
     q_mid_nm : float
         Background pivot.
-    exp_q : float64 (n_q,), exp_chi : float64 (n_chi,), grad : float64 (7,)
-        Scratch, overwritten (the separable Gaussian factors, one Jacobian row).
+    exp_q : float64 (n_q,), chi_work : float64 (3, n_chi), alpha : float64 (7,)
+        Scratch, overwritten.
     normal_matrix : float64 (7, 7), gradient : float64 (7,)
         Outputs, overwritten (full symmetric matrix).
 
     Returns
     -------
     float
-        chi2 (NaN if the model overflowed).
+        chi2 (inf or NaN if the model overflowed).
     """
     i0 = p[0]
     q0 = p[1]
@@ -195,49 +221,74 @@ def normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid_nm,
     b0 = p[5]
     b1 = p[6]
     norm = _INV_TWO_PI / (s_q * s_chi)
+    inv_sq2 = 1.0 / (s_q * s_q)
+    inv_schi2 = 1.0 / (s_chi * s_chi)
     for i in range(q_nm.shape[0]):
         d = (q_nm[i] - q0) / s_q
         exp_q[i] = math.exp(-0.5 * d * d)
     for j in range(chi_deg.shape[0]):
-        d = (chi_deg[j] - chi0) / s_chi
-        exp_chi[j] = math.exp(-0.5 * d * d)
+        dchi = chi_deg[j] - chi0
+        u = math.exp(-0.5 * dchi * dchi * inv_schi2)
+        chi_work[0, j] = u
+        chi_work[1, j] = u * dchi * inv_schi2
+        chi_work[2, j] = u * (dchi * dchi * inv_schi2 - 1.0) / s_chi
     for a in range(7):
         gradient[a] = 0.0
         for b in range(7):
             normal_matrix[a, b] = 0.0
     chi2 = 0.0
-    inv_sq2 = 1.0 / (s_q * s_q)
-    inv_schi2 = 1.0 / (s_chi * s_chi)
     for i in range(q_nm.shape[0]):
         dq = q_nm[i] - q0
         dq_mid = q_nm[i] - q_mid_nm
-        fac_q0 = dq * inv_sq2
-        fac_sq = (dq * dq * inv_sq2 - 1.0) / s_q
         background = b0 + b1 * dq_mid
         row_shape = norm * exp_q[i]
+        row_peak = i0 * row_shape
+        s00 = s01 = s02 = s03 = s11 = s12 = s13 = s22 = s23 = s33 = 0.0
+        r0 = r1 = r2 = r3 = 0.0
         for j in range(chi_deg.shape[0]):
             y = mean_counts[i, j]
             v = variance[i, j]
             if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
                 continue
             w = 1.0 / v
-            shape = row_shape * exp_chi[j]
-            peak = i0 * shape
-            dchi = chi_deg[j] - chi0
-            r = y - (peak + background)
-            chi2 += w * r * r
-            grad[0] = shape
-            grad[1] = peak * fac_q0
-            grad[2] = peak * dchi * inv_schi2
-            grad[3] = peak * fac_sq
-            grad[4] = peak * (dchi * dchi * inv_schi2 - 1.0) / s_chi
-            grad[5] = 1.0
-            grad[6] = dq_mid
-            for a in range(7):
-                wa = w * grad[a]
-                gradient[a] += wa * r
-                for b in range(a + 1):
-                    normal_matrix[a, b] += wa * grad[b]
+            u = chi_work[0, j]
+            t = chi_work[1, j]
+            s = chi_work[2, j]
+            r = y - (row_peak * u + background)
+            wu = w * u
+            wt = w * t
+            wr = w * r
+            chi2 += wr * r
+            s00 += wu * u
+            s01 += wu * t
+            s02 += wu * s
+            s03 += wu
+            s11 += wt * t
+            s12 += wt * s
+            s13 += wt
+            s22 += w * s * s
+            s23 += w * s
+            s33 += w
+            r0 += wr * u
+            r1 += wr * t
+            r2 += wr * s
+            r3 += wr
+        if s33 == 0.0:
+            continue
+        alpha[0] = row_shape
+        alpha[1] = row_peak * dq * inv_sq2
+        alpha[2] = row_peak
+        alpha[3] = row_peak * (dq * dq * inv_sq2 - 1.0) / s_q
+        alpha[4] = row_peak
+        alpha[5] = 1.0
+        alpha[6] = dq_mid
+        for a in range(7):
+            k = _CHI_FACTOR[a]
+            r_k = r0 if k == 0 else (r1 if k == 1 else (r2 if k == 2 else r3))
+            gradient[a] += alpha[a] * r_k
+            for b in range(a + 1):
+                normal_matrix[a, b] += alpha[a] * alpha[b] * _pair_sum(
+                    k, _CHI_FACTOR[b], s00, s01, s02, s03, s11, s12, s13, s22, s23, s33)
     for a in range(7):
         for b in range(a):
             normal_matrix[b, a] = normal_matrix[a, b]

@@ -40,7 +40,7 @@ I0_FLOOR_NOISE_FRACTION = 0.1
 CLIP_SIGMAS = 3.0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _median_inplace(buffer, n):
     """Median of ``buffer[:n]`` (sorts that part in place); ``n`` >= 1."""
     part = buffer[:n]
@@ -51,7 +51,7 @@ def _median_inplace(buffer, n):
     return 0.5 * (part[half - 1] + part[half])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _clip(value, low, high):
     """``value`` clipped to [low, high]; ``low`` wins when high < low."""
     if value > high:
@@ -61,7 +61,7 @@ def _clip(value, low, high):
     return value
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, half_q,
                  half_chi):
     """Moments of the excess in the box (i_c +- half_q, j_c +- half_chi), clipped to the window.
@@ -115,7 +115,7 @@ def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, 
     return s0, q_c, chi_c, m_q / s0, m_chi / s0, signed, n_box, n_valid
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _in_selection(i, j, n_q, n_chi, q_value, q_mid, ring, which):
     """Bin membership for the background level: 0/1 low/high-q half of the ring, 2 ring, 3 all."""
     if which == 3:
@@ -126,7 +126,7 @@ def _in_selection(i, j, n_q, n_chi, q_value, q_mid, ring, which):
     return (q_value >= q_mid) == (which == 1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, sort_buffer):
     """Clipped mean of the valid bins of a selection (see ``_in_selection``).
 
@@ -168,7 +168,7 @@ def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, 
     return n, total / n_kept, q_sum / n_kept
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buffer):
     """Initial guess for one window (Numba; algorithm in the module docstring).
 
@@ -220,30 +220,28 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
         b0 = _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which,
                                sort_buffer)[1]
 
-    # 3. maximum of the 3 x 3 smoothed excess
+    # 3. maximum of the 3 x 3 smoothed excess (the excess, NaN where invalid, in the buffer)
+    for i in range(n_q):
+        background = b0 + b1 * (q_nm[i] - q_mid)
+        for j in range(n_chi):
+            y = mean_counts[i, j]
+            v = variance[i, j]
+            valid = math.isfinite(y) and math.isfinite(v) and v > 0.0
+            sort_buffer[i * n_chi + j] = y - background if valid else np.nan
     i_max = n_q // 2
     j_max = n_chi // 2
     best = -np.inf
     for i in range(n_q):
         for j in range(n_chi):
-            y = mean_counts[i, j]
-            v = variance[i, j]
-            if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
+            if math.isnan(sort_buffer[i * n_chi + j]):
                 continue
             total = 0.0
             n = 0
-            for di in range(-1, 2):
-                ii = i + di
-                if ii < 0 or ii >= n_q:
-                    continue
-                for dj in range(-1, 2):
-                    jj = j + dj
-                    if jj < 0 or jj >= n_chi:
-                        continue
-                    yy = mean_counts[ii, jj]
-                    vv = variance[ii, jj]
-                    if math.isfinite(yy) and math.isfinite(vv) and vv > 0.0:
-                        total += yy - (b0 + b1 * (q_nm[ii] - q_mid))
+            for ii in range(max(0, i - 1), min(n_q, i + 2)):
+                for jj in range(max(0, j - 1), min(n_chi, j + 2)):
+                    excess = sort_buffer[ii * n_chi + jj]
+                    if not math.isnan(excess):
+                        total += excess
                         n += 1
             smoothed = total / n
             if smoothed > best:

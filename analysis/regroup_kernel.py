@@ -76,12 +76,11 @@ class RegroupBuffers:
         )
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _regroup_kernel(frame_flat, pixel_index, bin_index, n_bins_per_window, invalid_value, check_invalid,
                     saturation_value, has_background, background_mean, saxs_pixel_index, saxs_background,
-                    background_scale,
-                    saxs_pixel_count_geometric, sum_counts, n_valid, mean_counts, variance, n_saturated,
-                    n_invalid):
+                    background_scale, saxs_pixel_count_geometric, sum_counts, n_valid, mean_counts, variance,
+                    n_saturated, n_invalid):
     """The per-frame pass (plain loops over caller-owned flat arrays, no allocation).
 
     ``background_mean`` (per bin) and ``saxs_background`` (per SAXS pixel) are read only when

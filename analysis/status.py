@@ -21,6 +21,7 @@ class Status(IntEnum):
     SATURATED = 9            # overloaded pixels in the peak window
     OUTSIDE_DETECTOR = 10    # window falls in a gap / off the detector for this geometry
     UNDECODABLE = 11         # the frame could not be decoded
+    PENDING_AVERAGE = 12     # waits for the average-pattern fit at the end of the series
     NOT_MEASURED = 255       # map pixel not reached yet
 
 
@@ -37,6 +38,7 @@ STATUS_REASONS: dict[int, str] = {
     Status.SATURATED: "saturated pixels in the peak window",
     Status.OUTSIDE_DETECTOR: "window outside the detector or in a gap",
     Status.UNDECODABLE: "frame could not be decoded",
+    Status.PENDING_AVERAGE: "waits for the average-pattern Williamson-Hall fit (end of series)",
     Status.NOT_MEASURED: "not measured yet",
 }
 

@@ -49,14 +49,18 @@ def bslz4_payload(frame: np.ndarray) -> bytes:
             + bitshuffle.compress_lz4(frame, block_size=block_elements).tobytes())
 
 
-def per_frame_ms(decode, repeats: int) -> float:
-    decode()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def per_frame_ms(decoders: dict, repeats: int) -> dict:
+    """Median ms per call of each decoder; the decoders take turns so that the load of a
+    shared machine hits them alike."""
+    times = {name: [] for name in decoders}
+    for decode in decoders.values():
         decode()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    for _ in range(repeats):
+        for name, decode in decoders.items():
+            start = time.perf_counter()
+            decode()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * float(np.median(values)) for name, values in times.items()}
 
 
 def main() -> None:
@@ -90,16 +94,16 @@ def main() -> None:
     print(f"os.cpu_count() = {os.cpu_count()}; frame {ROWS} x {COLS} uint32 "
           f"({frame.nbytes / 1e6:.1f} MB), payload {len(payload) / 1e6:.2f} MB, "
           f"{decoder.n_blocks} blocks; median of {args.repeats}")
-    rows = [
-        ("bitshuffle C, full frame", bitshuffle_full),
-        ("dectris-compression, full frame", dectris_full),
-        ("ours (Numba), full frame", lambda: decoder.decode(payload, out)),
-        (f"ours (Numba), {selected.size} blocks (5 %)",
-         lambda: decoder.decode_blocks(payload, selected, out)),
-        ("ours, block index only", lambda: decoder.index(payload)),
-    ]
-    for name, decode in rows:
-        print(f"  {name:<38s} {per_frame_ms(decode, args.repeats):8.2f} ms/frame")
+    decoders = {
+        "bitshuffle C, full frame": bitshuffle_full,
+        "dectris-compression, full frame": dectris_full,
+        "ours (Numba), full frame": lambda: decoder.decode(payload, out),
+        f"ours (Numba), {selected.size} blocks (5 %)":
+            lambda: decoder.decode_blocks(payload, selected, out),
+        "ours, block index only": lambda: decoder.index(payload),
+    }
+    for name, ms in per_frame_ms(decoders, args.repeats).items():
+        print(f"  {name:<38s} {ms:8.2f} ms/frame")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ series and exits 0. Bad files and options end with a one-line ``error: ...`` and
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -51,7 +52,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(subparsers)
+    synthesize = subparsers.add_parser(
+        "synthesize", help="write (or find in the cache) the synthetic supercrystal scan",
+        description="Generate the default synthetic 25 x 25 supercrystal scan once (EIGER master + data "
+                    "files, truth maps, Kapton background) and print where it is: lines 'master PATH', "
+                    "'truth PATH' and 'background PATH'.")
+    synthesize.add_argument("--cache-dir", required=True, help="cache folder")
+    synthesize.add_argument("--grid", nargs=2, type=int, metavar=("NY", "NX"), help="raster shape (default 25 25)")
+    synthesize.set_defaults(handler=command_synthesize)
     return parser
+
+
+def command_synthesize(args) -> int:
+    from simulators.synthetic_scan import SyntheticScanConfig, ensure_cached_scan, truth_path
+
+    config = SyntheticScanConfig(grid_shape=tuple(args.grid)) if args.grid else SyntheticScanConfig()
+    master = ensure_cached_scan(args.cache_dir, config)
+    print(f"master {master}")
+    print(f"truth {truth_path(master)}")
+    print(f"background {truth_path(master)}")
+    return 0
+
+
+def scan_appendix(metadata) -> str | None:
+    """Header appendix describing the raster (``{"braggmap_scan": ...}``) when the files carry
+    one (synthetic scans do), as a user would configure the detector's ``header_appendix``."""
+    grid_json = (metadata.extra or {}).get("scan_grid_json")
+    if not grid_json:
+        return None
+    return json.dumps({"braggmap_scan": json.loads(grid_json)})
 
 
 def command_serve(args) -> int:
@@ -60,8 +89,9 @@ def command_serve(args) -> int:
 
     with open_eiger_scan(args.master) as scan:
         endpoint = args.endpoint or DEFAULT_ENDPOINTS[args.protocol]
+        appendix = args.header_appendix if args.header_appendix is not None else scan_appendix(scan.metadata)
         with EigerStreamServer(endpoint, protocol=args.protocol, header_detail=args.header_detail,
-                               encoding=args.encoding, header_appendix=args.header_appendix) as server:
+                               encoding=args.encoding, header_appendix=appendix) as server:
             print(f"endpoint {server.endpoint}", flush=True)
             report = server.send_series(scan, series_id=args.series_id, rate_hz=args.rate,
                                         wait_for_peers_s=args.wait_for_peers, n_frames=args.n_frames)

@@ -21,6 +21,7 @@ import hdf5plugin
 import numpy as np
 
 from analysis.errors import ConfigurationError, DataFileError, GeometryError
+from stream.codecs import compress
 
 log = logging.getLogger(__name__)
 
@@ -466,8 +467,6 @@ class EigerScan:
             frame = block.dataset[local]
         except (OSError, KeyError, ValueError) as exc:
             raise DataFileError(f"{block.path}: cannot read frame {local} of /entry/data ({exc})") from exc
-        from stream.codecs import compress
-
         return index0, "bslz4", compress(np.ascontiguousarray(frame), "bslz4")
 
     def iter_chunks(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, str, bytes]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -23,6 +24,8 @@ from zmq.utils.monitor import recv_monitor_message
 from analysis.errors import ConfigurationError, ProtocolError
 from simulators.eiger_files import EigerMetadata
 from simulators.frame_sources import FrameSource
+from stream import protocol_v1, protocol_v2
+from stream.codecs import compress, decompress
 from stream.messages import ImageFrame, SeriesEnd, SeriesStart
 
 log = logging.getLogger(__name__)
@@ -68,11 +71,17 @@ def wire_compression(protocol: str, encoding: str) -> str:
 
 
 def convert_payload(payload: bytes, compression: str, target: str, metadata: EigerMetadata) -> bytes:
-    """Re-encode one frame's payload from ``compression`` to ``target`` (unchanged when equal)."""
+    """Re-encode one frame's payload from ``compression`` to ``target`` (unchanged when equal).
+
+    An HDF5-LZ4 chunk made of one compressed block (EIGER1 files) becomes a v1 ``lz4<`` blob by
+    dropping its 16-byte prefix (12-byte header + block size), without recompression.
+    """
     if compression == target:
         return payload
-    from stream.codecs import compress, decompress
-
+    if compression == "lz4-hdf5" and target == "lz4-raw" and len(payload) > 16:
+        total_bytes, block_bytes, block_size = struct.unpack(">QII", bytes(payload[:16]))
+        if block_bytes >= total_bytes > block_size and len(payload) == 16 + block_size:
+            return bytes(payload[16:])
     frame = decompress(payload, compression, np.dtype(metadata.dtype), metadata.shape)
     return compress(np.ascontiguousarray(frame), target)
 
@@ -111,7 +120,8 @@ def detector_config(metadata: EigerMetadata, *, n_images: int, encoding: str, fr
     pixel_x = metadata.pixel_size_m if metadata.pixel_size_m is not None else 75e-6
     distance = metadata.detector_distance_m
     config: dict[str, Any] = {
-        "auto_summation": True, "bit_depth_image": bits, "bit_depth_readout": metadata.bit_depth_readout or min(bits, 16),
+        "auto_summation": True, "bit_depth_image": bits,
+        "bit_depth_readout": metadata.bit_depth_readout or min(bits, 16),
         "compression": "lz4" if encoding == "lz4" else ("bslz4" if encoding == "bslz4" else "none"),
         "count_time": count_time_s, "countrate_correction_applied": False,
         "countrate_correction_count_cutoff": int(cutoff),
@@ -122,7 +132,7 @@ def detector_config(metadata: EigerMetadata, *, n_images: int, encoding: str, fr
         "flatfield_correction_applied": False, "frame_count_time": count_time_s,
         "frame_period": frame_time_s, "frame_time": frame_time_s,
         "nimages": n_images, "ntrigger": 1,
-        "number_of_excluded_pixels": int(np.count_nonzero(metadata.pixel_mask)) if metadata.pixel_mask is not None else 0,
+        "number_of_excluded_pixels": 0 if metadata.pixel_mask is None else int(np.count_nonzero(metadata.pixel_mask)),
         "pixel_mask_applied": bool(metadata.pixel_mask_applied), "roi_mode": "",
         "sensor_material": metadata.sensor, "software_version": "1.8.0", "trigger_mode": metadata.trigger_mode,
         "virtual_pixel_correction_applied": False,
@@ -169,7 +179,8 @@ def stream_v2_config(metadata: EigerMetadata, *, n_images: int, frame_time_s: fl
         "channels": [channel], "count_time": count_time_s, "countrate_correction_enabled": False,
         "detector_description": metadata.description, "detector_serial_number": "braggmap-simulator",
         "flatfield_enabled": False,
-        "goniometer": {axis: {"increment": 0.0, "start": 0.0} for axis in ("chi", "kappa", "omega", "phi", "two_theta")},
+        "goniometer": {axis: {"increment": 0.0, "start": 0.0}
+                       for axis in ("chi", "kappa", "omega", "phi", "two_theta")},
         "frame_time": frame_time_s, "image_dtype": metadata.dtype, "image_size_x": cols, "image_size_y": rows,
         "number_of_images": n_images, "pixel_mask_enabled": bool(metadata.pixel_mask_applied),
         "pixel_size_x": pixel_x,
@@ -292,20 +303,17 @@ class EigerStreamServer:
         self._send(parts, "raw message")
 
     def _encode(self, message, series_date: datetime.datetime | None = None):
-        if self.protocol == "v2" and isinstance(message, ImageFrame):
-            from stream.protocol_v2 import encode_v2_image
-
-            return encode_v2_image(message, series_date=series_date)
         if self.protocol == "v1":
-            from stream import protocol_v1 as codec
-
-            encoders = codec.encode_v1_start, codec.encode_v1_image, codec.encode_v1_end
-        else:
-            from stream import protocol_v2 as codec
-
-            encoders = codec.encode_v2_start, codec.encode_v2_image, codec.encode_v2_end
-        kind = (SeriesStart, ImageFrame, SeriesEnd).index(type(message))
-        return encoders[kind](message)
+            if isinstance(message, SeriesStart):
+                return protocol_v1.encode_v1_start(message)
+            if isinstance(message, ImageFrame):
+                return protocol_v1.encode_v1_image(message)
+            return protocol_v1.encode_v1_end(message)
+        if isinstance(message, SeriesStart):
+            return protocol_v2.encode_v2_start(message)
+        if isinstance(message, ImageFrame):
+            return protocol_v2.encode_v2_image(message, series_date=series_date)
+        return protocol_v2.encode_v2_end(message)
 
     def series_start(self, metadata: EigerMetadata, *, series_id: int, n_images: int, frame_time_s: float,
                      count_time_s: float, series_unique_id: str | None = None,

@@ -14,6 +14,7 @@ import numpy as np
 
 from analysis.errors import ConfigurationError, GeometryError
 from simulators.eiger_files import EigerMetadata, EigerScan
+from stream.codecs import compress
 
 __all__ = ["ArrayFrameSource", "EigerScan", "FrameSource"]
 
@@ -78,8 +79,6 @@ class ArrayFrameSource:
         """The compressed payload of ``frames[position]``."""
         cached = self._cache[position]
         if cached is None:
-            from stream.codecs import compress
-
             cached = compress(np.ascontiguousarray(self.frames[position]), self.compression)
             self._cache[position] = cached
         return cached

@@ -7,11 +7,14 @@ evaluated over the 32 x 32 tiles it can reach. A peak ``I(q, chi) = I0 / (2 pi s
 exp(...)`` (science.md section 2) gives ``I(q_i, chi_i) * area_i * transmission_i`` expected
 counts in pixel i, evaluated within ``n_sigma`` standard deviations in q and in chi.
 
-Counts are drawn by Poisson *splitting*: the photons of a component (one peak, the diffuse
-SAXS) number ``N ~ Poisson(sum of its expectations)`` and land in pixels drawn from the
-expectation-weighted categorical distribution. That is exactly independent Poisson counts per
-pixel, at the cost of N draws instead of one per pixel. Sums of independent Poisson variables
-are Poisson, so the components are added onto a Poisson realisation of the background.
+Counts are drawn photon by photon, which costs O(photons) instead of O(pixels) for broad
+WAXS peaks: a peak emits ``N ~ Poisson(I0)`` photons at (q, chi) drawn from its Gaussian, each
+landing in the pixel that contains it (:class:`DetectorPlane` inverts the geometry). The
+diffuse SAXS emits ``Poisson(photons)`` photons into pixels drawn from its fixed per-pixel
+profile (Poisson splitting: exactly independent Poisson counts per pixel). Sums of
+independent Poisson variables are Poisson, so all is added onto a Poisson realisation of the
+Kapton background. The noise-free frame (:meth:`PatternRenderer.render_expected`) uses the
+pixel-centre value times the pixel area; the counts integrate the Gaussian over each pixel.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ class GeometryTables:
     area_q_chi : pixel area in (q, chi) space, nm^-1 deg
     tile_q_min, tile_q_max, tile_chi_centre_deg, tile_chi_half_deg : shape (n_tile_rows, n_tile_cols)
         Bounds of q and chi over each TILE_SIZE x TILE_SIZE tile.
+    plane : DetectorPlane
+        Inverse map (q, chi) -> pixel.
     """
 
     q_nm: np.ndarray
@@ -94,6 +99,58 @@ class GeometryTables:
     tile_q_max: np.ndarray
     tile_chi_centre_deg: np.ndarray
     tile_chi_half_deg: np.ndarray
+    plane: "DetectorPlane"
+
+
+@dataclass(frozen=True, eq=False)
+class DetectorPlane:
+    """A flat detector in the lab frame: where a photon of given (q, chi) lands.
+
+    Attributes
+    ----------
+    origin_m, row_step_m, column_step_m : ndarray of float64, shape (3,)
+        Lab position (z along the beam, y, x; pyFAI's ``calc_pos_zyx``) of pixel (0, 0)'s
+        centre and the steps to the next row / column, metres.
+    wavelength_nm : float
+    """
+
+    origin_m: np.ndarray
+    row_step_m: np.ndarray
+    column_step_m: np.ndarray
+    wavelength_nm: float
+
+    @classmethod
+    def from_geometry(cls, geometry: DetectorGeometry) -> "DetectorPlane":
+        rows, cols = geometry.shape
+        z, y, x = geometry.integrator().calc_pos_zyx(d1=np.array([0.0, 1.0, 0.0, rows - 1.0]),
+                                                      d2=np.array([0.0, 0.0, 1.0, cols - 1.0]))
+        points = np.stack([np.ravel(z), np.ravel(y), np.ravel(x)], axis=1).astype(np.float64)
+        plane = cls(points[0], points[1] - points[0], points[2] - points[0], geometry.wavelength_nm)
+        far = plane.origin_m + (rows - 1) * plane.row_step_m + (cols - 1) * plane.column_step_m
+        if not np.allclose(far, points[3], rtol=0, atol=1e-9):
+            raise GeometryError(f"detector of geometry {geometry.detector_name!r} is not flat and regular; "
+                                "the simulator needs a planar pixel grid")
+        return plane
+
+    def pixel_of(self, q_nm: np.ndarray, chi_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fractional (row, column) indices (pixel centres at integers) where photons of
+        (q_nm, chi_deg) land; NaN where the ray misses the detector plane or q is unreachable."""
+        sin_theta = np.asarray(q_nm, dtype=np.float64) * self.wavelength_nm / (4.0 * np.pi)
+        with np.errstate(invalid="ignore"):
+            two_theta = 2.0 * np.arcsin(np.where((sin_theta >= 0) & (sin_theta <= 1), sin_theta, np.nan))
+        chi = np.radians(chi_deg)
+        direction = np.stack([np.cos(two_theta), -np.sin(two_theta) * np.sin(chi),
+                              np.sin(two_theta) * np.cos(chi)], axis=-1)
+        normal = np.cross(self.row_step_m, self.column_step_m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            distance = (self.origin_m @ normal) / (direction @ normal)
+        distance = np.where(distance > 0, distance, np.nan)
+        offset = direction * distance[..., None] - self.origin_m
+        gram = np.array([[self.row_step_m @ self.row_step_m, self.row_step_m @ self.column_step_m],
+                         [self.row_step_m @ self.column_step_m, self.column_step_m @ self.column_step_m]])
+        rhs = np.stack([offset @ self.row_step_m, offset @ self.column_step_m], axis=-1)
+        row_col = rhs @ np.linalg.inv(gram).T
+        return row_col[..., 0], row_col[..., 1]
 
 
 def _wrapped_diff(chi_deg: np.ndarray, axis: int) -> np.ndarray:
@@ -129,9 +186,11 @@ def _tile_bounds(q_nm: np.ndarray, chi_deg: np.ndarray, tile: int):
 def geometry_tables(geometry: DetectorGeometry) -> GeometryTables:
     """Tables of a geometry, built once per process and geometry (about 2 s)."""
     q_nm, chi_deg = pixel_q_chi(geometry)
-    tables = GeometryTables(q_nm, chi_deg, pixel_area_q_chi(q_nm, chi_deg), *_tile_bounds(q_nm, chi_deg, TILE_SIZE))
+    tables = GeometryTables(q_nm, chi_deg, pixel_area_q_chi(q_nm, chi_deg), *_tile_bounds(q_nm, chi_deg, TILE_SIZE),
+                            DetectorPlane.from_geometry(geometry))
     for array in vars(tables).values():
-        array.setflags(write=False)
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
     return tables
 
 
@@ -200,12 +259,13 @@ class PatternRenderer:
         Nonzero pixels are masked: NaN in expected frames, 2**32 - 1 in counted frames.
     background, diffuse, beamstop : the component models
     n_sigma : float
-        Peaks are evaluated within this many standard deviations in q and in chi (4 keeps
-        all but about 1e-4 of a peak's photons).
+        Expected frames evaluate peaks within this many standard deviations in q and in chi
+        (4 keeps all but about 1e-4 of a peak's photons).
     """
 
-    def __init__(self, geometry: DetectorGeometry, pixel_mask: np.ndarray, background: KaptonBackground = KaptonBackground(),
-                 diffuse: DiffuseSaxs = DiffuseSaxs(), beamstop: Beamstop = Beamstop(), n_sigma: float = 4.0):
+    def __init__(self, geometry: DetectorGeometry, pixel_mask: np.ndarray,
+                 background: KaptonBackground = KaptonBackground(), diffuse: DiffuseSaxs = DiffuseSaxs(),
+                 beamstop: Beamstop = Beamstop(), n_sigma: float = 4.0):
         pixel_mask = np.asarray(pixel_mask)
         if pixel_mask.shape != tuple(geometry.shape) or pixel_mask.dtype != np.uint32:
             raise GeometryError(f"pixel mask {pixel_mask.shape} {pixel_mask.dtype} does not fit the geometry's "
@@ -219,40 +279,43 @@ class PatternRenderer:
         row0, col0 = geometry.beam_centre_px
         rows, cols = np.ogrid[: q_nm.shape[0], : q_nm.shape[1]]
         self.transmission = np.where((rows - row0) ** 2 + (cols - col0) ** 2 <= beamstop.radius_px**2,
-                                     beamstop.transmission, 1.0)
-        self.peak_weight = self.tables.area_q_chi * self.transmission
+                                     np.float32(beamstop.transmission), np.float32(1.0))
+        self._peak_weight: np.ndarray | None = None
         self.background_expected = (background.expected_counts(q_nm) * self.transmission).astype(np.float32)
-        self._diffuse_index, self._diffuse_cdf, self.diffuse_profile = self._diffuse_table(diffuse)
+        index = np.flatnonzero(q_nm < diffuse.q_max_nm)
+        profile = self.transmission.flat[index] / (1.0 + (q_nm.flat[index] * diffuse.correlation_length_nm) ** 2) ** 2
+        self.diffuse_index, self.diffuse_profile = index, profile / profile.sum()
+        self._diffuse_cdf = np.cumsum(self.diffuse_profile)
         self._out_index = np.empty(1 << 20, dtype=np.int64)
         self._out_expected = np.empty(1 << 20, dtype=np.float64)
         self._below_q: dict[float, tuple[np.ndarray, float, float]] = {}
 
-    def _diffuse_table(self, diffuse: DiffuseSaxs):
-        q_nm = self.tables.q_nm
-        index = np.flatnonzero(q_nm < diffuse.q_max_nm)
-        profile = self.transmission.flat[index] / (1.0 + (q_nm.flat[index] * diffuse.correlation_length_nm) ** 2) ** 2
-        profile /= profile.sum()
-        return index, np.cumsum(profile), profile
-
     def peak_pixels(self, peak: PeakSpec) -> tuple[np.ndarray, np.ndarray]:
-        """Flat pixel indices (int64) and expected counts (float64) of one peak (masked included)."""
+        """Flat pixel indices (int64) and expected counts (float64) of one peak within n_sigma
+        (masked pixels included); see :func:`gaussian_peak_pixels_kernel`."""
         t = self.tables
+        if self._peak_weight is None:  # pixel area x beamstop transmission, float64
+            self._peak_weight = t.area_q_chi * self.transmission
+        chi0_deg = (float(peak.chi0_deg) + 180.0) % 360.0 - 180.0
         while True:
             n = gaussian_peak_pixels_kernel(
-                t.q_nm, t.chi_deg, self.peak_weight, t.tile_q_min, t.tile_q_max, t.tile_chi_centre_deg,
-                t.tile_chi_half_deg, TILE_SIZE, float(peak.q0_nm), (float(peak.chi0_deg) + 180.0) % 360.0 - 180.0, float(peak.sigma_q_nm),
+                t.q_nm, t.chi_deg, self._peak_weight, t.tile_q_min, t.tile_q_max, t.tile_chi_centre_deg,
+                t.tile_chi_half_deg, TILE_SIZE, float(peak.q0_nm), chi0_deg, float(peak.sigma_q_nm),
                 float(peak.sigma_chi_deg), float(peak.i0), self.n_sigma, self._out_index, self._out_expected)
             if n >= 0:
                 return self._out_index[:n].copy(), self._out_expected[:n].copy()
-            size = min(2 * self._out_index.size, self.tables.q_nm.size)
+            size = min(2 * self._out_index.size, t.q_nm.size)
             self._out_index, self._out_expected = np.empty(size, np.int64), np.empty(size, np.float64)
 
     def render_expected(self, point: PointParameters, include_background: bool = True) -> np.ndarray:
-        """Noise-free frame: expected counts per pixel, float64 (rows, columns), NaN where masked."""
+        """Noise-free frame: expected counts per pixel, float64 (rows, columns), NaN where masked.
+
+        A peak contributes ``I(q_i, chi_i) * area_i * transmission_i`` to pixel i (pixel-centre
+        value times the pixel's (q, chi) area)."""
         frame = self.background_expected.astype(np.float64) if include_background else np.zeros(self.geometry.shape)
         flat = frame.reshape(-1)
         if point.diffuse_saxs_photons > 0:
-            flat[self._diffuse_index] += point.diffuse_saxs_photons * self.diffuse_profile
+            flat[self.diffuse_index] += point.diffuse_saxs_photons * self.diffuse_profile
         for peak in point.peaks:
             index, expected = self.peak_pixels(peak)
             flat[index] += expected
@@ -269,12 +332,17 @@ class PatternRenderer:
                       background_counts: np.ndarray | None = None) -> np.ndarray:
         """Poisson counts of a scan point: uint32 (rows, columns), masked pixels = 2**32 - 1.
 
+        Peak photons are drawn in (q, chi) from the peak's 2D Gaussian (their number
+        ``Poisson(i0)``) and land in the pixel that contains them (:class:`DetectorPlane`);
+        those hitting a gap, a masked pixel or no pixel are lost, those under the beamstop
+        pass with its transmission. Diffuse SAXS photons are drawn from its pixel profile.
+
         Parameters
         ----------
         point : PointParameters
         rng : numpy Generator
         background_counts : ndarray of uint32, optional
-            A ready Poisson realisation of the background (masked pixels already set), copied;
+            A Poisson realisation of the background (masked pixels already 2**32 - 1), copied;
             drawn from ``rng`` when None.
         """
         if background_counts is None:
@@ -287,19 +355,34 @@ class PatternRenderer:
         flat = frame.reshape(-1)
         if point.diffuse_saxs_photons > 0:
             n_photons = rng.poisson(point.diffuse_saxs_photons)
-            self._add_photons(flat, self._diffuse_index, self._diffuse_cdf, n_photons, rng)
+            where = np.searchsorted(self._diffuse_cdf, np.sort(rng.random(n_photons)) * self._diffuse_cdf[-1],
+                                    side="right")
+            self._count_photons(flat, self.diffuse_index[np.minimum(where, self.diffuse_index.size - 1)])
         for peak in point.peaks:
-            index, expected = self.peak_pixels(peak)
-            if index.size:
-                cdf = np.cumsum(expected)
-                self._add_photons(flat, index, cdf, rng.poisson(cdf[-1]), rng)
+            self._count_photons(flat, self.peak_photon_pixels(peak, rng), rng)
         return frame
 
-    def _add_photons(self, flat: np.ndarray, index: np.ndarray, cdf: np.ndarray, n_photons: int, rng) -> None:
-        where = np.searchsorted(cdf, rng.random(n_photons) * cdf[-1], side="right")
-        pixels = index[np.minimum(where, index.size - 1)]
-        pixels = pixels[~self.masked.reshape(-1)[pixels]]
-        np.add.at(flat, pixels, np.uint32(1))
+    def peak_photon_pixels(self, peak: PeakSpec, rng: np.random.Generator) -> np.ndarray:
+        """Flat pixel indices (int64) of the Poisson(i0) photons of one peak that hit a pixel."""
+        if not (peak.i0 > 0 and peak.sigma_q_nm > 0 and peak.sigma_chi_deg > 0):
+            return np.empty(0, dtype=np.int64)
+        n_photons = rng.poisson(peak.i0)
+        q_nm = rng.normal(peak.q0_nm, peak.sigma_q_nm, n_photons)
+        chi_deg = rng.normal(peak.chi0_deg, peak.sigma_chi_deg, n_photons)
+        rows, cols = self.tables.plane.pixel_of(q_nm, chi_deg)
+        n_rows, n_cols = self.geometry.shape
+        with np.errstate(invalid="ignore"):
+            rows, cols = np.rint(rows), np.rint(cols)
+            hit = (rows >= 0) & (rows < n_rows) & (cols >= 0) & (cols < n_cols)
+        return rows[hit].astype(np.int64) * n_cols + cols[hit].astype(np.int64)
+
+    def _count_photons(self, flat: np.ndarray, pixels: np.ndarray, rng: np.random.Generator | None = None) -> None:
+        """Add one count per photon (flat pixel indices), dropping masked pixels; with ``rng``
+        photons also pass the beamstop with its transmission."""
+        keep = ~self.masked.reshape(-1)[pixels]
+        if rng is not None:
+            keep &= rng.random(pixels.size) < self.transmission.reshape(-1)[pixels]
+        np.add.at(flat, pixels[keep], np.uint32(1))
 
     def expected_counts_below_q(self, point: PointParameters, q_max_nm: float = 2.0,
                                 include_background: bool = True) -> float:
@@ -307,7 +390,7 @@ class PatternRenderer:
         if q_max_nm not in self._below_q:
             good = ~self.masked.reshape(-1) & (self.tables.q_nm.reshape(-1) < q_max_nm)
             self._below_q[q_max_nm] = (good, float(self.background_expected.reshape(-1)[good].sum(dtype=np.float64)),
-                                       float(self.diffuse_profile[good[self._diffuse_index]].sum()))
+                                       float(self.diffuse_profile[good[self.diffuse_index]].sum()))
         good, background_total, diffuse_fraction = self._below_q[q_max_nm]
         total = background_total if include_background else 0.0
         total += point.diffuse_saxs_photons * diffuse_fraction

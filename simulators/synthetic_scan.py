@@ -85,6 +85,9 @@ class SyntheticScanConfig:
     def __post_init__(self) -> None:
         if len(self.grid_shape) != 2 or min(self.grid_shape) < 1:
             raise ConfigurationError(f"grid_shape {self.grid_shape!r} must be two positive integers")
+        object.__setattr__(self, "grid_shape", (int(self.grid_shape[0]), int(self.grid_shape[1])))
+        if not self.step_um > 0 or not self.count_time_s > 0:
+            raise ConfigurationError(f"step_um={self.step_um!r} and count_time_s={self.count_time_s!r} must be > 0")
         if self.n_background_realisations < 1:
             raise ConfigurationError(f"n_background_realisations={self.n_background_realisations} must be >= 1")
         if not self.name or "/" in self.name:
@@ -148,7 +151,10 @@ class SyntheticScan:
 
     def frame_plan(self, k: int):
         """(grid row, grid column, point parameters, pool index, frame rng) of frame k."""
-        row, column = self.grid.position(k)
+        position = self.grid.position(k)
+        if position is None:
+            raise IndexError(f"frame {k} is outside the {self.n_frames} frames of the scan")
+        row, column = position
         rng = np.random.default_rng((self.config.seed, 1, k))
         return row, column, self.truth.point(row, column), int(rng.integers(self.config.n_background_realisations)), rng
 
@@ -301,6 +307,9 @@ def ensure_cached_scan(cache_dir: str | os.PathLike, config: SyntheticScanConfig
         logger.info("synthetic scan found in the cache: %s", master)
         return master
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # damaged by hand (our own writes are atomic): start afresh
+        logger.warning("cached scan %s lacks its master file; generating it again", final)
+        shutil.rmtree(final)
     temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{config.name}-", dir=cache_dir))
     try:
         write_synthetic_scan(temporary, config)

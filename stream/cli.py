@@ -30,7 +30,6 @@ DEFAULT_PEAKS = "peaks_cspbbr2cl_lapkin.yaml"
 log = logging.getLogger("braggmap")
 
 DEMO_GRID = (25, 25)
-DEMO_STEP_UM = 0.5
 
 
 class CommandError(BraggmapError):
@@ -252,7 +251,7 @@ def command_demo(args) -> int:
         from stream.analysis_setup import AnalysisSetup
 
         setup = AnalysisSetup(setup.poni_path, setup.peaks_path, lines["background"])
-    grid = ScanGrid(shape=DEMO_GRID, step_um=(DEMO_STEP_UM, DEMO_STEP_UM), axis_names=("y", "x"))
+    grid = None  # the simulator announces the raster in the series header appendix
     output_dir = args.output or Path(tempfile.mkdtemp(prefix="braggmap-demo-"))
     print(f"braggmap demo: streaming {master.name} over loopback (EIGER stream {args.protocol}) "
           f"into {args.workers} worker(s)", flush=True)

@@ -111,26 +111,36 @@ def check_framed_header(payload, compression: str, shape: Sequence[int], itemsiz
 
 
 def _walk_bslz4_blocks(payload, total_bytes: int, block_bytes: int, itemsize: int) -> None:
-    """Check that every bitshuffle block lies inside ``payload`` and nothing is left over."""
+    """Check that every bitshuffle block lies inside ``payload`` and nothing is left over.
+
+    A tight loop (about 1 ms for a 4M 32-bit frame): bitshuffle's C decoder trusts these
+    sizes and would read outside the buffer.
+    """
     n_elements = total_bytes // itemsize
     block_elements = block_bytes // itemsize
-    sizes = [block_elements] * (n_elements // block_elements)
-    last = n_elements % block_elements
-    last -= last % 8
-    if last:
-        sizes.append(last)
-    offset, length = HEADER_BYTES, len(payload)
-    for index, n in enumerate(sizes):
-        if offset + 4 > length:
-            raise ProtocolError(
-                f"truncated blob: bslz4 block {index} of {len(sizes)} starts at byte {offset} "
-                f"of {length}")
-        (csize,) = _BLOCK_SIZE.unpack_from(payload, offset)
-        if csize == 0 or csize > _lz4_bound(n * itemsize):
-            raise ProtocolError(
-                f"bslz4 block {index} has impossible compressed size {csize} B "
-                f"for {n * itemsize} B of data")
-        offset += 4 + csize
+    n_full = n_elements // block_elements
+    last_elements = n_elements % block_elements
+    last_elements -= last_elements % 8
+    unpack = _BLOCK_SIZE.unpack_from
+    bound = _lz4_bound(block_bytes)
+    offset, index, length = HEADER_BYTES, 0, len(payload)
+    try:
+        for index in range(n_full):
+            (csize,) = unpack(payload, offset)
+            if csize == 0 or csize > bound:
+                raise ProtocolError(f"bslz4 block {index} has impossible compressed size "
+                                    f"{csize} B for {block_bytes} B of data")
+            offset += 4 + csize
+        if last_elements:
+            index = n_full
+            (csize,) = unpack(payload, offset)
+            if csize == 0 or csize > _lz4_bound(last_elements * itemsize):
+                raise ProtocolError(f"bslz4 block {index} has impossible compressed size "
+                                    f"{csize} B for {last_elements * itemsize} B of data")
+            offset += 4 + csize
+    except struct.error:
+        raise ProtocolError(f"truncated blob: bslz4 block {index} starts at byte {offset} "
+                            f"of {length}") from None
     expected_end = offset + (n_elements % 8) * itemsize
     if expected_end > length:
         raise ProtocolError(

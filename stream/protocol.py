@@ -1,7 +1,8 @@
 """Decode one EIGER stream message, v1 (JSON multipart) or v2 (CBOR), into a StreamMessage.
 
 The two protocols live in :mod:`stream.protocol_v1` and :mod:`stream.protocol_v2`; this module
-only chooses between them and defines :class:`UndecodableImage`.
+only chooses between them and holds what both share: :class:`UndecodableImage`,
+:class:`MessageContext` (which error to raise) and :func:`merge_start_field` (encoders).
 """
 
 from __future__ import annotations

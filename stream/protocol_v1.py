@@ -58,6 +58,12 @@ def _with_source(value: Any, raw: bytes) -> Any:
     return value
 
 
+def _short(value: Any) -> str:
+    """repr of a wire value, cut for an error message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def compact_json(value: Any) -> bytes:
     """Compact JSON with sorted keys, as the detector writes its parts."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
@@ -89,17 +95,16 @@ def _require(obj: Mapping, key: str, kind: type | tuple, what: str, errors: Mess
     if key not in obj:
         raise errors.error(f"missing key {key!r} in {what}")
     value = obj[key]
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise errors.error(f"key {key!r} in {what} has wrong type: {value!r}")
-    if not isinstance(value, kind):
-        raise errors.error(f"key {key!r} in {what} has wrong type: {value!r}")
+    bool_wanted = bool in (kind if isinstance(kind, tuple) else (kind,))
+    if not isinstance(value, kind) or (isinstance(value, bool) and not bool_wanted):
+        raise errors.error(f"key {key!r} in {what} has wrong type: {_short(value)}")
     return value
 
 
 def _htype(obj: Mapping, expected: str, what: str, errors: MessageContext) -> None:
     htype = obj.get("htype")
     if htype != expected:
-        raise errors.error(f"unknown htype {htype!r} in {what} part, expected {expected!r}")
+        raise errors.error(f"unknown htype {_short(htype)} in {what} part, expected {expected!r}")
 
 
 def _wire_shape(obj: Mapping, what: str, errors: MessageContext) -> tuple[int, int]:
@@ -107,7 +112,7 @@ def _wire_shape(obj: Mapping, what: str, errors: MessageContext) -> tuple[int, i
     shape = _require(obj, "shape", list, what, errors)
     if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
                                   for n in shape):
-        raise errors.error(f"bad shape {shape!r} in {what}: expected [x, y] of two sizes")
+        raise errors.error(f"bad shape {_short(shape)} in {what}: expected [x, y] of two sizes")
     return shape[1], shape[0]
 
 
@@ -142,7 +147,7 @@ def _decode_array_pair(parts: Sequence, index: int, htype: str,
     rows, cols = _wire_shape(header, what, errors)
     type_name = _require(header, "type", str, what, errors)
     if type_name not in ARRAY_TYPES:
-        raise errors.error(f"unknown type {type_name!r} in {what}")
+        raise errors.error(f"unknown type {_short(type_name)} in {what}")
     dtype = np.dtype(type_name).newbyteorder("<")
     blob = parts[index + 1]
     expected = rows * cols * dtype.itemsize
@@ -178,10 +183,10 @@ def _decode_header(first: dict, parts: Sequence, errors: MessageContext) -> Seri
     series_id = _require(first, "series", int, what, errors)
     detail = _require(first, "header_detail", str, what, errors)
     if detail not in HEADER_PARTS:
-        raise errors.error(f"unknown header_detail {detail!r} in {what}")
+        raise errors.error(f"unknown header_detail {_short(detail)} in {what}")
     n_parts = HEADER_PARTS[detail]
     if len(parts) not in (n_parts, n_parts + 1):
-        raise errors.error(f"wrong part count: header_detail {detail!r} needs {n_parts} or "
+        raise errors.error(f"wrong part count: header_detail {_short(detail)} needs {n_parts} or "
                            f"{n_parts + 1} parts, got {len(parts)}")
     config: dict = {}
     fields: dict = {}
@@ -214,13 +219,13 @@ def parse_encoding(encoding: str, type_name: str) -> str:
     if encoding.startswith("bs") and encoding.endswith("-lz4<"):
         bits = encoding[2:-5]
         if bits not in ("8", "16", "32", "64"):
-            raise ProtocolError(f"unknown encoding {encoding!r}")
+            raise ProtocolError(f"unknown encoding {_short(encoding)}")
         expected = 8 * np.dtype(type_name).itemsize
         if int(bits) != expected:
-            raise ProtocolError(f"encoding {encoding!r} does not match type {type_name!r} "
+            raise ProtocolError(f"encoding {_short(encoding)} does not match type {_short(type_name)} "
                                 f"({expected} bits)")
         return "bslz4"
-    raise ProtocolError(f"unknown encoding {encoding!r}")
+    raise ProtocolError(f"unknown encoding {_short(encoding)}")
 
 
 def _decode_image(first: dict, parts: Sequence, errors: MessageContext) -> ImageFrame:
@@ -243,7 +248,7 @@ def _decode_image(first: dict, parts: Sequence, errors: MessageContext) -> Image
     shape = _wire_shape(detail, what, errors)
     type_name = _require(detail, "type", str, what, errors)
     if type_name not in PIXEL_TYPES:
-        raise errors.error(f"unknown pixel type {type_name!r} in {what}")
+        raise errors.error(f"unknown pixel type {_short(type_name)} in {what}")
     encoding = _require(detail, "encoding", str, what, errors)
     size = _require(detail, "size", int, what, errors)
     blob = parts[2]
@@ -316,7 +321,7 @@ def decode_v1(parts: Sequence) -> SeriesStart | ImageFrame | SeriesEnd:
         return _decode_image(first, parts, errors)
     if htype == "dseries_end-1.0":
         return _decode_end(first, parts, errors)
-    raise ProtocolError(f"unknown htype {htype!r} in the first part")
+    raise ProtocolError(f"unknown htype {_short(htype)} in the first part")
 
 
 # --------------------------------------------------------------------------- encoding
@@ -387,7 +392,7 @@ def encode_v1_start(start: SeriesStart) -> list[bytes]:
     """
     detail: HeaderDetail = start.header_detail
     if detail not in HEADER_PARTS:
-        raise ProtocolError(f"unknown header_detail {detail!r}")
+        raise ProtocolError(f"unknown header_detail {_short(detail)}")
     parts = [compact_json({"header_detail": detail, "htype": "dheader-1.0",
                            "series": int(start.series_id)})]
     if detail != "none":

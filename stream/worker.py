@@ -51,6 +51,7 @@ class Worker:
         self.analyzers = config.setup.analyzer_cache()
         self.analyzer = None
         self.series_problem: str | None = None
+        self.saturation_value: float | None = None
         self._buffers: dict[tuple, np.ndarray] = {}
         self.frames_done = 0
 
@@ -87,6 +88,7 @@ class Worker:
         try:
             info, mask = wire.decode_series([p.buffer for p in parts])
             self.analyzer = self.analyzers.for_series(info, mask)
+            self.saturation_value = info.saturation_value
             self.series_problem = None
         except BraggmapError as exc:
             self.series_problem = str(exc)
@@ -118,7 +120,7 @@ class Worker:
             except BraggmapError as exc:
                 statuses[:] = Status.UNDECODABLE
                 raise
-            self.analyzer.analyse(frame, values, statuses)
+            self.analyzer.analyse(frame, values, statuses, saturation_value=self.saturation_value)
         except BraggmapError as exc:
             error = str(exc)
         except Exception as exc:  # never let one frame kill the worker

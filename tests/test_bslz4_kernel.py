@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 
 import bitshuffle
 import h5py
@@ -33,10 +34,10 @@ from stream.bslz4_kernel import (
 
 BLOCK_BYTES = 8192
 DTYPES = [np.uint8, np.uint16, np.uint32]
-# 1003 elements; 37 x 29; a frame whose last block is partial (u32: 2048 per block);
-# tails of 1..7 raw elements; fewer than 8 elements (no block at all); exactly one block.
-SHAPES = [(1003,), (37, 29), (3, 2731), (1, 8 * 300 + 1), (2, 4099), (5, 811), (1, 7),
-          (1, 3), (2048,), (64, 64)]
+# 1003 elements; 37 x 29; frames whose last block is partial (u32: 2048 per block);
+# raw tails of 1..7 elements; fewer than 8 elements (no block at all); whole blocks only.
+SHAPES = [(1003,), (37, 29), (3, 2731), (1, 802), (2, 4099), (4, 1001), (5, 1001), (5, 811),
+          (1, 7), (1, 3), (2048,), (64, 64)]
 
 
 def bslz4_payload(arr: np.ndarray, block_bytes: int = BLOCK_BYTES) -> bytes:
@@ -75,7 +76,7 @@ def compiled_kernels():
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_whole_frame_matches_stock_decoders(dtype, shape, kind):
-    rng = np.random.default_rng(abs(hash((np.dtype(dtype).str, shape, kind))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((np.dtype(dtype).str, shape, kind)).encode()))
     frame = make_data(kind, dtype, shape, rng)
     payload = bslz4_payload(frame)
     by_bitshuffle, by_dectris = stock_decodes(payload, dtype, shape)
@@ -244,7 +245,8 @@ def repetitive_bytes(draw_seed: int, size: int) -> bytes:
     return b"".join(pieces)[:size]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.one_of(st.binary(min_size=1, max_size=3000),
                       st.builds(repetitive_bytes, st.integers(0, 2**32 - 1),
                                 st.integers(1, 20000))),

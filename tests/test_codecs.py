@@ -185,7 +185,7 @@ def test_lz4_hdf5_stores_incompressible_blocks_raw():
     np.testing.assert_array_equal(decompress(payload, "lz4-hdf5", "uint8", image.shape), image)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(rows=st.integers(0, 40), cols=st.integers(1, 300),
        dtype=st.sampled_from(["uint8", "uint16", "uint32"]),
        compression=st.sampled_from(["bslz4", "lz4-hdf5", "lz4-raw", "none"]),

@@ -184,6 +184,7 @@ def _real_scan(tmp_path, captures_dir, prefix) -> tuple[Path, np.ndarray]:
     ("eiger1_testmode10_2datafiles_4images_bslz4", "v1", "bslz4"),
     ("eiger1_testmode10_2datafiles_4images_lz4", "v1", "lz4"),
     ("eiger2_simread7_2datafiles_4images_lz4", "v2", "lz4"),
+    ("eiger2_simread7_2datafiles_4images_lz4", "v1", "lz4"),
     ("eiger2_simread7_2datafiles_4images_bslz4_uint32", "v2", "bslz4"),
 ])
 def test_replay_of_real_eiger_data_files(tmp_path, captures_dir, prefix, protocol, encoding):
@@ -198,6 +199,8 @@ def test_replay_of_real_eiger_data_files(tmp_path, captures_dir, prefix, protoco
                                       expected[i])
     if encoding == "bslz4" or protocol == "v2":  # the file's framing is the wire's: sent verbatim
         assert [bytes(image.payload) for image in images] == on_disk
+    elif prefix.startswith("eiger1"):  # one LZ4 block per frame: the lz4< blob is the chunk minus 16 bytes
+        assert [bytes(image.payload) for image in images] == [chunk[16:] for chunk in on_disk]
 
 
 def test_rate_pacing_on_a_real_clock():
@@ -256,6 +259,7 @@ def test_dropped_header_and_end_and_raw_bad_messages():
         server.send_raw([b"{not json", b"x"])
         server.send_raw(b"\xd9\xd9\xf7\xa0")
         received = _receive(pull, 4)
+        pull.setsockopt(zmq.RCVTIMEO, 300)
         with pytest.raises(zmq.Again):
             pull.recv_multipart()
     assert [decode_message(parts).frame_index for parts in received[:2]] == [0, 1]
@@ -280,7 +284,14 @@ def test_waits_for_several_peers_and_round_robins_whole_messages():
     with EigerStreamServer("tcp://127.0.0.1:0") as server, _pull(server.endpoint) as a, _pull(server.endpoint) as b:
         assert server.wait_for_peers(5.0, min_peers=2) and server.peer_count == 2
         server.send_series(source, min_peers=2, n_frames=4)
-        kinds = [type(decode_message(parts)).__name__ for parts in _receive(a, 3) + _receive(b, 3)]
+        poller, received = zmq.Poller(), {a: [], b: []}
+        poller.register(a, zmq.POLLIN)
+        poller.register(b, zmq.POLLIN)
+        while sum(map(len, received.values())) < 6 and (ready := dict(poller.poll(5000))):
+            for socket in ready:
+                received[socket].append(socket.recv_multipart())
+    assert received[a] and received[b]  # whole messages shared out between the peers
+    kinds = [type(decode_message(parts)).__name__ for parts in received[a] + received[b]]
     assert sorted(kinds) == ["ImageFrame"] * 4 + ["SeriesEnd", "SeriesStart"]
 
 
@@ -342,3 +353,21 @@ def test_cli_serves_a_master_file_to_a_peer(tmp_path):
     for i, image in enumerate(messages[1:4]):
         np.testing.assert_array_equal(decompress(image.payload, image.compression, image.dtype, image.shape), frames[i])
     assert isinstance(messages[4], SeriesEnd)
+
+
+def test_header_fields_are_those_of_real_eiger_captures(captures_dir):
+    """Our v1 config part and v2 start message carry the keys a SIMPLON 1.8 EIGER sends."""
+    import cbor2
+    from conftest import read_zmqcap
+
+    real_v1 = json.loads(read_zmqcap(captures_dir / "eiger1m_stream_v1.zmqcap.gz")[0][1])
+    real_v2 = cbor2.loads(read_zmqcap(captures_dir / "eiger_stream_v2.zmqcap.gz")[0][0])
+    source = ArrayFrameSource(_frames(1), _metadata())
+    _, raw_v1, _ = _serve(source, 3, protocol="v1", header_detail="all")
+    _, raw_v2, _ = _serve(source, 3, protocol="v2", header_detail="all", header_appendix="{}")
+    ours_v1, ours_v2 = json.loads(raw_v1[0][1]), cbor2.loads(raw_v2[0][0])
+    assert set(ours_v1) == set(real_v1)
+    assert {key: type(value) for key, value in ours_v1.items()} == {key: type(value) for key, value in real_v1.items()}
+    assert set(real_v2) <= set(ours_v2) and set(ours_v2) - set(real_v2) == {"goniometer", "image_dtype"}
+    assert list(ours_v2)[0] == "type" and raw_v2[0][0][:3] == b"\xd9\xd9\xf7"
+    assert decode_message(raw_v2[0]).countrate_table.dtype == np.uint32

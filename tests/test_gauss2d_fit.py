@@ -103,11 +103,13 @@ def test_normal_equations_kernel_matches_numpy():
     v[20, 40:45] = 0.0
     v[21, 40:45] = np.inf
     matrix, gradient = np.empty((7, 7)), np.empty(7)
-    chi2 = normal_equations_kernel(p, y, v, q, chi, q_mid_of(q), np.empty(N_Q), np.empty(N_CHI),
+    chi2 = normal_equations_kernel(p, y, v, q, chi, q_mid_of(q), np.empty(N_Q),
+                                   np.empty((3, N_CHI)),
                                    np.empty(7), matrix, gradient)
     chi2_ref, matrix_ref, gradient_ref = chi2_normal_equations(p, y, v, q, chi)
     assert chi2 == pytest.approx(chi2_ref, rel=1e-12)
-    np.testing.assert_allclose(matrix, matrix_ref, rtol=1e-10, atol=1e-12 * np.abs(matrix_ref).max())
+    np.testing.assert_allclose(matrix, matrix_ref, rtol=1e-10,
+                               atol=1e-12 * np.abs(matrix_ref).max())
     np.testing.assert_allclose(gradient, gradient_ref, rtol=1e-9,
                                atol=1e-10 * np.abs(gradient_ref).max())
 
@@ -252,21 +254,30 @@ def test_centre_accuracy_requirement_at_a_few_hundred_counts(layout):
 
 @pytest.mark.parametrize("layout", [SAXS, WAXS], ids=["saxs", "waxs"])
 def test_reported_errors_describe_the_scatter_at_low_counts(layout):
-    """Few thousand integrated counts: centre pulls have mean ~0 and rms ~1 (Neyman weights
-    from the observed counts make the errors a little optimistic, hence the band)."""
+    """3000 counts in the peak, 2 counts per bin of background.
+
+    With variances from the expected counts the centre pulls have rms ~1 and I0 is unbiased.
+    With variances from the observed counts (Neyman's chi2, what a window builder gets from
+    the raw counts) the errors come out up to ~1.5x too small and I0 biased low at such
+    counts: the looser band documents that.
+    """
     rng = np.random.default_rng(99)
     q, chi = axes(layout)
-    bin_area = (q[1] - q[0]) * (chi[1] - chi[0])
+    n_pix = layout["pixels_per_bin"]
     params = true_params(layout, 1.0)
-    params[0] = 3000.0 * bin_area / layout["pixels_per_bin"]   # 3000 counts in the peak
-    y, v, q, chi = simulate(rng, layout, params, n_windows=200)
-    result = fit_windows(y, v, q, chi)
-    ok = result.status == Status.OK
-    assert ok.mean() >= 0.95
-    for k in (1, 2):
-        pulls = (result.params[ok, k] - params[k]) / result.errors[ok, k]
-        assert abs(pulls.mean()) < 0.25
-        assert 0.8 < pulls.std() < 1.45, (k, pulls.std())
+    params[0] = 3000.0 * (q[1] - q[0]) * (chi[1] - chi[0]) / n_pix   # 3000 counts in the peak
+    y, v_observed, q, chi = simulate(rng, layout, params, n_windows=200)
+    v_expected = np.broadcast_to(gauss2d_model(params, q, chi) / n_pix**2, y.shape)
+    for variance, pull_band, i0_band in ((v_expected, (0.85, 1.2), 0.03),
+                                         (v_observed, (0.8, 1.6), 0.2)):
+        result = fit_windows(y, variance, q, chi)
+        ok = result.status == Status.OK
+        assert ok.mean() >= 0.95
+        for k in (1, 2):
+            pulls = (result.params[ok, k] - params[k]) / result.errors[ok, k]
+            assert abs(pulls.mean()) < 0.25
+            assert pull_band[0] < pulls.std() < pull_band[1], (k, pulls.std())
+        assert result.params[ok, 0].mean() == pytest.approx(params[0], rel=i0_band)
 
 
 # --- robustness ---------------------------------------------------------------------------

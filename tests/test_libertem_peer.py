@@ -129,7 +129,8 @@ def test_libertem_dectris_reads_no_header_detail_all_from_a_real_eiger_nor_from_
     simulator fail in exactly the same place: our ``all`` header has the real one's structure."""
     from conftest import read_zmqcap
 
-    with EigerStreamServer("tcp://127.0.0.1:0", protocol="v1", header_detail="all", send_timeout_s=5) as server:
+    with EigerStreamServer("tcp://127.0.0.1:0", protocol="v1", header_detail="all", send_timeout_s=1,
+                           linger_s=0.1) as server:
         if source_kind == "real_capture":
             messages = read_zmqcap(captures_dir / "eiger1m_stream_v1.zmqcap.gz")[:3]
 

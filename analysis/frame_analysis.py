@@ -1,0 +1,194 @@
+"""One frame in, one vector of map values out: regroup, fit every peak, derive the physics.
+
+A :class:`FrameAnalyzer` is built once per geometry, peak model and pixel mask (the tables and
+every buffer are allocated then) and then analyses frames without allocating large arrays.
+The output order is :func:`analysis.map_parameters.parameter_names` of the peak model, which
+the collector uses for its maps.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from analysis.atomic_lattice import atomic_lattice_parameters
+from analysis.background import regroup_background
+from analysis.errors import GeometryError
+from analysis.gauss2d_fit import FitSettings
+from analysis.gauss2d_fit import warm_up as warm_up_fits
+from analysis.geometry import DetectorGeometry
+from analysis.map_parameters import map_vectors, parameter_names, peak_map_values, registry
+from analysis.peak_model import PeakModel
+from analysis.peak_window_fits import PeakWindowFitter
+from analysis.polar_table import build_polar_table
+from analysis.regroup_kernel import RegroupBuffers, regroup_frame
+from analysis.status import Status
+from analysis.superlattice import superlattice_parameters
+from analysis.williamson_hall import frame_broadening
+
+log = logging.getLogger(__name__)
+
+INVALID_VALUES = {np.dtype(np.uint8): 2**8 - 1, np.dtype(np.uint16): 2**16 - 1, np.dtype(np.uint32): 2**32 - 1}
+"""EIGER NODATA value (gap / masked pixel) of each image dtype: 2^bits - 1."""
+
+
+class FrameAnalyzer:
+    """Analyse frames of one detector geometry.
+
+    Parameters
+    ----------
+    geometry : DetectorGeometry
+    peak_model : PeakModel
+    pixel_mask : ndarray of uint32, shape (rows, columns), optional
+        EIGER pixel mask (nonzero = excluded).
+    background : ndarray of float32, shape (rows, columns), optional
+        Kapton-only background frame (counts per exposure), subtracted bin by bin.
+    williamson_hall_L_nm : float, optional
+        NC size fixed for the per-frame g_q and delta_psi. Default: the peak model's value; when
+        neither gives one, those two maps wait for the average-pattern fit at the end of the
+        series (status PENDING_AVERAGE).
+    """
+
+    def __init__(self, geometry: DetectorGeometry, peak_model: PeakModel, pixel_mask: np.ndarray | None = None,
+                 background: np.ndarray | None = None, williamson_hall_L_nm: float | None = None) -> None:
+        if pixel_mask is not None and pixel_mask.shape != geometry.shape:
+            raise GeometryError(f"pixel mask shape {pixel_mask.shape} does not match the geometry {geometry.shape}")
+        self.geometry = geometry
+        self.peak_model = peak_model
+        self.table = build_polar_table(geometry, peak_model, pixel_mask)
+        self.buffers = RegroupBuffers.for_table(self.table)
+        self.background = None if background is None else regroup_background(background, self.table)
+        self.fitter = PeakWindowFitter(self.table, FitSettings(min_significance=peak_model.significance_threshold))
+        self.parameter_names = self.parameter_names_for(peak_model)
+        self.L_nm = williamson_hall_L_nm if williamson_hall_L_nm is not None else peak_model.williamson_hall_L_nm
+        self.K = peak_model.williamson_hall_K
+        self.max_saturated_pixels = peak_model.overload.max_saturated_pixels
+        self.saturation_override = peak_model.overload.saturation_value
+        self.average = AverageAccumulator(self.table.bins_shape)
+
+    # -- names and units -----------------------------------------------------------------------
+    @staticmethod
+    def parameter_names_for(peak_model: PeakModel) -> tuple[str, ...]:
+        return parameter_names(peak_model.peak_names)
+
+    @staticmethod
+    def parameter_units_for(peak_model: PeakModel) -> dict[str, str]:
+        return {name: p.unit for name, p in registry(peak_model.peak_names).items()}
+
+    @staticmethod
+    def parameter_descriptions_for(peak_model: PeakModel) -> dict[str, str]:
+        return {name: p.description for name, p in registry(peak_model.peak_names).items()}
+
+    # -- per frame -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile every kernel on the real tables with a dummy frame before serving."""
+        warm_up_fits()
+        for dtype in (np.uint32, np.uint16):
+            values = np.empty(len(self.parameter_names))
+            statuses = np.empty(len(self.parameter_names), np.int32)
+            self.analyse(np.zeros(self.geometry.shape, dtype=dtype), values, statuses, accumulate=False)
+
+    def analyse(self, frame: np.ndarray, values: np.ndarray, statuses: np.ndarray,
+                saturation_value: float | None = None, accumulate: bool = True) -> None:
+        """Analyse one frame into caller-owned vectors.
+
+        Parameters
+        ----------
+        frame : ndarray, shape (rows, columns)
+            uint8/16/32 counts (NODATA = 2^bits - 1) or float (NaN = invalid).
+        values : ndarray of float64, shape (n_parameters,)
+            Filled with the map values (NaN where missing).
+        statuses : ndarray of int32, shape (n_parameters,)
+            Filled with :class:`analysis.status.Status` codes.
+        saturation_value : float, optional
+            Largest valid count from the series header (the peak model may override it).
+        accumulate : bool
+            Add the frame's windows to the running average pattern.
+        """
+        if frame.shape != self.geometry.shape:
+            raise GeometryError(f"frame shape {frame.shape} does not match the geometry {self.geometry.shape}")
+        saturation = self.saturation_override if self.saturation_override is not None else saturation_value
+        buffers = regroup_frame(frame, self.table, invalid_value=INVALID_VALUES.get(frame.dtype),
+                                saturation_value=saturation, background=self.background, out=self.buffers)
+        if accumulate:
+            self.average.add(buffers)
+        fits = self.fitter.fit(buffers.mean_counts, buffers.variance, buffers.n_saturated,
+                               self.max_saturated_pixels)
+        saxs_ok = np.isfinite(buffers.saxs_intensity)
+        saxs = ({"saxs_intensity": np.float64(buffers.saxs_intensity)},
+                {"saxs_intensity": np.int32(Status.OK if saxs_ok else Status.TOO_FEW_POINTS)})
+        vector, status = map_vectors(self.parameter_names, saxs, *self.derive(fits))
+        values[:] = vector
+        statuses[:] = status
+
+    def derive(self, fits) -> list[tuple[dict, dict]]:
+        """Every derived quantity of the fitted peaks, as (values, statuses) dict pairs."""
+        parts = [peak_map_values(fits)]
+        superlattice = None
+        if self.peak_model.has_saxs:
+            superlattice = superlattice_parameters(fits)
+            parts.append(superlattice.map_values())
+        if self.peak_model.has_waxs:
+            parts.append(atomic_lattice_parameters(
+                fits, phi_deg=None if superlattice is None else superlattice.phi_deg,
+                phi_status=None if superlattice is None else superlattice.status).map_values())
+            parts.append(self.broadening(fits))
+        return parts
+
+    def broadening(self, fits) -> tuple[dict, dict]:
+        """g_q and delta_psi with L fixed, or PENDING_AVERAGE when L is not known yet."""
+        if self.L_nm is None:
+            shape = fits.frame_shape
+            pending = np.full(shape, int(Status.PENDING_AVERAGE), dtype=np.int32)
+            return ({"g_q": np.full(shape, np.nan), "delta_psi_deg": np.full(shape, np.nan)},
+                    {"g_q": pending, "delta_psi_deg": pending})
+        return frame_broadening(fits, self.L_nm, self.K).map_values()
+
+
+class AverageAccumulator:
+    """Running sums of the regrouped windows of many frames: the average pattern.
+
+    Attributes
+    ----------
+    signal_sum : ndarray of float64, shape (n_windows, n_q, n_chi)
+        Background-subtracted counts summed over frames and pixels.
+    raw_sum : ndarray of float64, same shape
+        Raw counts summed (for the Poisson variance).
+    n_valid : ndarray of int64, same shape
+        Pixel-frames summed.
+    n_frames : int
+    """
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.signal_sum = np.zeros(shape)
+        self.raw_sum = np.zeros(shape)
+        self.n_valid = np.zeros(shape, dtype=np.int64)
+        self.n_frames = 0
+
+    def reset(self) -> None:
+        self.signal_sum[:] = 0
+        self.raw_sum[:] = 0
+        self.n_valid[:] = 0
+        self.n_frames = 0
+
+    def add(self, buffers: RegroupBuffers) -> None:
+        used = buffers.n_valid > 0
+        self.signal_sum[used] += buffers.mean_counts[used] * buffers.n_valid[used]
+        self.raw_sum += buffers.sum_counts
+        self.n_valid += buffers.n_valid
+        self.n_frames += 1
+
+    def merge(self, signal_sum: np.ndarray, raw_sum: np.ndarray, n_valid: np.ndarray, n_frames: int) -> None:
+        self.signal_sum += signal_sum
+        self.raw_sum += raw_sum
+        self.n_valid += n_valid
+        self.n_frames += int(n_frames)
+
+    def mean_and_variance(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean background-subtracted counts per pixel per frame and its Poisson variance."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = self.n_valid.astype(np.float64)
+            mean = np.where(n > 0, self.signal_sum / n, np.nan)
+            variance = np.where(n > 0, np.maximum(self.raw_sum, 1.0) / n**2, np.nan)
+        return mean, variance
