@@ -13,6 +13,7 @@ import logging
 import numpy as np
 
 from analysis.atomic_lattice import atomic_lattice_parameters
+from analysis.average_pattern import AverageAccumulator
 from analysis.background import regroup_background
 from analysis.errors import GeometryError
 from analysis.gauss2d_fit import FitSettings
@@ -144,51 +145,3 @@ class FrameAnalyzer:
             return ({"g_q": np.full(shape, np.nan), "delta_psi_deg": np.full(shape, np.nan)},
                     {"g_q": pending, "delta_psi_deg": pending})
         return frame_broadening(fits, self.L_nm, self.K).map_values()
-
-
-class AverageAccumulator:
-    """Running sums of the regrouped windows of many frames: the average pattern.
-
-    Attributes
-    ----------
-    signal_sum : ndarray of float64, shape (n_windows, n_q, n_chi)
-        Background-subtracted counts summed over frames and pixels.
-    raw_sum : ndarray of float64, same shape
-        Raw counts summed (for the Poisson variance).
-    n_valid : ndarray of int64, same shape
-        Pixel-frames summed.
-    n_frames : int
-    """
-
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.signal_sum = np.zeros(shape)
-        self.raw_sum = np.zeros(shape)
-        self.n_valid = np.zeros(shape, dtype=np.int64)
-        self.n_frames = 0
-
-    def reset(self) -> None:
-        self.signal_sum[:] = 0
-        self.raw_sum[:] = 0
-        self.n_valid[:] = 0
-        self.n_frames = 0
-
-    def add(self, buffers: RegroupBuffers) -> None:
-        used = buffers.n_valid > 0
-        self.signal_sum[used] += buffers.mean_counts[used] * buffers.n_valid[used]
-        self.raw_sum += buffers.sum_counts
-        self.n_valid += buffers.n_valid
-        self.n_frames += 1
-
-    def merge(self, signal_sum: np.ndarray, raw_sum: np.ndarray, n_valid: np.ndarray, n_frames: int) -> None:
-        self.signal_sum += signal_sum
-        self.raw_sum += raw_sum
-        self.n_valid += n_valid
-        self.n_frames += int(n_frames)
-
-    def mean_and_variance(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean background-subtracted counts per pixel per frame and its Poisson variance."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            n = self.n_valid.astype(np.float64)
-            mean = np.where(n > 0, self.signal_sum / n, np.nan)
-            variance = np.where(n > 0, np.maximum(self.raw_sum, 1.0) / n**2, np.nan)
-        return mean, variance

@@ -214,6 +214,29 @@ def pixel_q_chi(geometry: DetectorGeometry) -> tuple[np.ndarray, np.ndarray]:
     return q_nm, np.ascontiguousarray(chi_deg, dtype=np.float64)
 
 
+def pixel_area_q_chi(q_nm: np.ndarray, chi_deg: np.ndarray) -> np.ndarray:
+    """Area of each pixel in the (q, chi) plane, nm^-1 x deg (absolute Jacobian determinant).
+
+    Counts per pixel are the (q, chi) intensity density times this area; near the beam it
+    falls like 1/q (a pixel spans more azimuth), so fitting per-pixel counts would pull
+    small-angle peaks towards low q.
+
+    Parameters
+    ----------
+    q_nm, chi_deg : ndarray of float64, shape (rows, columns)
+        From :func:`pixel_q_chi`.
+
+    Returns
+    -------
+    ndarray of float64, shape (rows, columns)
+    """
+    dq_drow, dq_dcol = np.gradient(q_nm)
+    chi_rad = np.radians(chi_deg)
+    dchi_drow = np.degrees(np.gradient(np.unwrap(chi_rad, axis=0), axis=0))
+    dchi_dcol = np.degrees(np.gradient(np.unwrap(chi_rad, axis=1), axis=1))
+    return np.abs(dq_drow * dchi_dcol - dq_dcol * dchi_drow)
+
+
 def wrap_degrees(angle_deg):
     """Wrap angles to [-180, 180) degrees (scalar or array)."""
     return (np.asarray(angle_deg) + 180.0) % 360.0 - 180.0

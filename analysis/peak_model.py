@@ -210,7 +210,7 @@ class PeakModel:
 
     peaks: tuple[PeakWindow, ...]
     saxs_integration_q_max_nm: float = 2.0
-    significance_threshold: float = 3.0
+    significance_threshold: float = 5.0
     overload: OverloadPolicy = field(default_factory=OverloadPolicy)
     williamson_hall_K: float = 0.86
     williamson_hall_L_nm: float | None = None

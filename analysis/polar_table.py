@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.errors import GeometryError
-from analysis.geometry import DetectorGeometry, pixel_q_chi
+from analysis.geometry import DetectorGeometry, pixel_area_q_chi, pixel_q_chi
 from analysis.peak_model import PeakModel, PeakWindow
 from analysis.status import Status
 
@@ -60,6 +60,10 @@ class PolarTable:
         Pixels whose centre is in each bin, before the static mask.
     pixel_count_valid : ndarray of int32, shape (n_windows, n_q, n_chi)
         The same after the static mask (the entries of the table).
+    pixel_area_per_bin : ndarray of float64, shape (n_windows, n_q, n_chi)
+        Mean area in the (q, chi) plane (nm^-1 x deg) of the pixels in each bin (NaN where none):
+        mean counts per pixel / this = intensity density in (q, chi), the quantity the peak
+        model describes.
     window_coverage : ndarray of float64, shape (n_windows,)
         Fraction of the window's coarse (q, chi) cells (4 along q, about 10 deg along chi)
         holding at least one valid pixel.
@@ -88,6 +92,7 @@ class PolarTable:
     chi_bin_width_deg: np.ndarray
     pixel_count_geometric: np.ndarray
     pixel_count_valid: np.ndarray
+    pixel_area_per_bin: np.ndarray
     window_coverage: np.ndarray
     window_status: np.ndarray
     saxs_q_max_nm: float
@@ -204,6 +209,7 @@ def build_polar_table(geometry: DetectorGeometry, peak_model: PeakModel, pixel_m
     started = time.perf_counter()
     excluded = static_mask_from(geometry, pixel_mask).reshape(-1)
     q_nm, chi_deg = pixel_q_chi(geometry)
+    pixel_area = pixel_area_q_chi(q_nm, chi_deg).reshape(-1)
     q_nm, chi_deg = q_nm.reshape(-1), chi_deg.reshape(-1)
 
     windows = peak_model.peaks
@@ -214,6 +220,7 @@ def build_polar_table(geometry: DetectorGeometry, peak_model: PeakModel, pixel_m
     chi_edges = np.full((n_win, n_chi + 1), np.nan)
     count_geometric = np.zeros((n_win, n_q, n_chi), dtype=np.int32)
     count_valid = np.zeros((n_win, n_q, n_chi), dtype=np.int32)
+    area_sum = np.zeros((n_win, n_q, n_chi), dtype=np.float64)
     coverage = np.zeros(n_win, dtype=np.float64)
     status = np.full(n_win, int(Status.OK), dtype=np.int32)
     pixel_parts, bin_parts = [], []
@@ -224,6 +231,8 @@ def build_polar_table(geometry: DetectorGeometry, peak_model: PeakModel, pixel_m
         pixels, i_q, i_chi = _window_bins(window, q_nm, chi_deg)
         flat_bin = (w * n_q + i_q) * n_chi + i_chi
         count_geometric[w] = np.bincount(flat_bin - w * n_q * n_chi, minlength=n_q * n_chi).reshape(n_q, n_chi)
+        area_sum[w] = np.bincount(flat_bin - w * n_q * n_chi, weights=pixel_area[pixels],
+                                  minlength=n_q * n_chi).reshape(n_q, n_chi)
         valid = ~excluded[pixels]
         count_valid[w] = np.bincount(flat_bin[valid] - w * n_q * n_chi,
                                      minlength=n_q * n_chi).reshape(n_q, n_chi)
@@ -264,6 +273,7 @@ def build_polar_table(geometry: DetectorGeometry, peak_model: PeakModel, pixel_m
         chi_bin_width_deg=np.array([w.chi_bin_width_deg for w in windows], dtype=np.float64),
         pixel_count_geometric=count_geometric,
         pixel_count_valid=count_valid,
+        pixel_area_per_bin=np.where(count_geometric > 0, area_sum / np.maximum(count_geometric, 1), np.nan),
         window_coverage=coverage,
         window_status=status,
         saxs_q_max_nm=float(peak_model.saxs_integration_q_max_nm),

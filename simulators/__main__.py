@@ -8,6 +8,11 @@ series and exits 0. Bad files and options end with a one-line ``error: ...`` and
 from __future__ import annotations
 
 import argparse
+import os
+
+# bitshuffle's OpenMP threads stall for seconds on a busy 2-core machine; one thread per
+# process is as fast (the service scales with processes). Set before bitshuffle loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import json
 import logging
 import sys

@@ -313,6 +313,7 @@ def ensure_cached_scan(cache_dir: str | os.PathLike, config: SyntheticScanConfig
     temporary = Path(tempfile.mkdtemp(prefix=f".tmp-{config.name}-", dir=cache_dir))
     try:
         write_synthetic_scan(temporary, config)
+        os.chmod(temporary, 0o755)  # mkdtemp made it private; the cache is for everyone
         try:
             os.rename(temporary, final)
         except OSError:

@@ -115,3 +115,35 @@ def resolve_config_path(name: str | None, default: str) -> str:
     if not path.exists() and (default_config_dir() / name).exists():
         return str(default_config_dir() / name)
     return str(path)
+
+
+class AverageAnalysis:
+    """The collector's analysis of a series' average pattern (built lazily: the tables cost a
+    few seconds and are only needed at the end of a series)."""
+
+    def __init__(self, setup: AnalysisSetup) -> None:
+        self.setup = setup
+        self._cache: AnalyzerCache | None = None
+
+    def analyse(self, maps, signal_sum, raw_sum, n_valid, n_frames):
+        """Fit the merged average pattern; when no NC size L is configured, fill the g_q and
+        delta_psi maps with the L of its Williamson-Hall fit."""
+        from analysis.average_pattern import AverageAccumulator, apply_broadening, fit_average_pattern
+        from analysis.status import Status
+
+        if self._cache is None:
+            self._cache = AnalyzerCache(self.setup)
+        analyzer = self._cache.default()
+        accumulator = AverageAccumulator(analyzer.table.bins_shape)
+        accumulator.merge(signal_sum, raw_sum, n_valid, n_frames)
+        result = fit_average_pattern(analyzer.fitter, accumulator, analyzer.K)
+        wh = result.williamson_hall
+        if analyzer.L_nm is None:
+            if wh.status == Status.OK:
+                apply_broadening(maps, float(wh.L_nm), analyzer.K, analyzer.peak_model.peak_names)
+            else:
+                for name in ("g_q", "delta_psi_deg"):
+                    if name in maps.statuses:
+                        pending = maps.statuses[name] == Status.PENDING_AVERAGE
+                        maps.statuses[name][pending] = wh.status
+        return result

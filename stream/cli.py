@@ -10,8 +10,12 @@ imports it.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+
+# bitshuffle's OpenMP threads stall for seconds on a busy 2-core machine; one thread per
+# process is as fast (the service scales with processes). Set before bitshuffle loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import logging
 import queue
 import subprocess
 import sys
@@ -150,8 +154,23 @@ def _write_outcome(outcome, setup, output_dir: Path) -> tuple[Path, Path]:
     title = f"series {outcome.info.series_id}"
     if outcome.summary is not None:
         title += " — " + outcome.summary.line()
-    render_map_figure(png_path, outcome.maps.values, units, outcome.grid, title=title)
+    render_map_figure(png_path, outcome.maps.values, units, outcome.grid, title=title,
+                      profile=_headline_profile(outcome))
     return h5_path, png_path
+
+
+def _headline_profile(outcome):
+    """<a> against distance to the crystal edge, when the scan has a crystal and <a>."""
+    from analysis.crystal_region import distance_to_edge_um, profile_vs_distance, supercrystal_mask
+
+    maps = outcome.maps.values
+    if outcome.grid.by_frame_index or "a_mean_nm" not in maps or "saxs_intensity" not in maps:
+        return None
+    inside = supercrystal_mask(maps["saxs_intensity"])
+    if not inside.any():
+        return None
+    distance = distance_to_edge_um(inside, tuple(abs(s) for s in outcome.grid.step_um))
+    return "a_mean_nm", profile_vs_distance(maps["a_mean_nm"], distance, inside=inside)
 
 
 def _simulator_command(*arguments: str) -> list[str]:
@@ -188,7 +207,16 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
                            n_workers=args.workers, grid=grid, overflow="block", series_timeout_s=60.0)
     service = Service(config)
     written: list[tuple[Path, Path]] = []
-    service.on_series_complete = lambda outcome: written.append(_write_outcome(outcome, setup, output_dir))
+    failures: list[str] = []
+
+    def write(outcome) -> None:
+        try:
+            written.append(_write_outcome(outcome, setup, output_dir))
+        except Exception as exc:
+            log.exception("writing the maps failed")
+            failures.append(f"writing the maps to {output_dir} failed: {type(exc).__name__}: {exc}")
+
+    service.on_series_complete = write
     try:
         try:
             service.start()
@@ -212,6 +240,8 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
         print(f"warning: {problem}")
     for error, count in outcome.analysis_errors.items():
         print(f"warning: {count} frames not analysed: {error}")
+    if failures:
+        raise CommandError(failures[0])
     if written:
         h5_path, png_path = written[-1]
         print(f"maps: {h5_path}")

@@ -40,6 +40,7 @@ class SeriesOutcome:
     problems: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
     complete: bool = True
+    average: object = None  # analysis.average_pattern.AveragePatternResult, when analysed
 
 
 class _Series:
@@ -55,6 +56,11 @@ class _Series:
         self.latencies_ms: list[float] = []
         self.summary_at: float | None = None
         self.outside_grid = 0
+        self.workers: list[str] | None = None
+        self.averages: dict[str, tuple] = {}
+
+    def averages_complete(self) -> bool:
+        return self.workers is not None and all(name in self.averages for name in self.workers)
 
 
 class Collector:
@@ -75,13 +81,16 @@ class Collector:
         Where to publish map snapshots (PUB) for viewers.
     results_timeout_s : float
         After the ingest's summary, how long to wait for outstanding worker results.
+    average_analysis : object, optional
+        ``analyse(maps, signal_sum, raw_sum, n_valid, n_frames) -> AveragePatternResult``: fits the
+        merged average pattern of a finished series and updates the maps that depend on it.
     """
 
     def __init__(self, endpoint: str, parameters: tuple[str, ...],
                  on_series_complete: Callable[[SeriesOutcome], None],
                  grid_for: Callable[[wire.SeriesInfo], ScanGrid] | None = None,
                  publish_endpoint: str | None = None, results_timeout_s: float = 30.0,
-                 context: zmq.Context | None = None) -> None:
+                 average_analysis=None, context: zmq.Context | None = None) -> None:
         from stream.ingest import _bindable
 
         self._context = context or zmq.Context.instance()
@@ -93,6 +102,7 @@ class Collector:
         self.on_series_complete = on_series_complete
         self.grid_for = grid_for or default_grid
         self.results_timeout_s = results_timeout_s
+        self.average_analysis = average_analysis
         self.publisher = MapPublisher(publish_endpoint, self._context) if publish_endpoint else None
         self.series: dict[int, _Series] = {}
         self.malformed = 0
@@ -146,7 +156,13 @@ class Collector:
                     return
                 series.summary = AccountingSummary.from_dict(data)
                 series.forwarded = int(data.get("forwarded", 0))
+                series.workers = list(data.get("workers", []))
                 series.summary_at = time.monotonic()
+            elif kind == wire.AVERAGE:
+                meta, signal_sum, raw_sum, n_valid = wire.decode_average(parts)
+                series = self.series.get(meta.get("series_id"))
+                if series is not None:
+                    series.averages[str(meta.get("worker"))] = (signal_sum, raw_sum, n_valid, int(meta["n_frames"]))
             elif kind == wire.PROBLEM:
                 data = wire.loads(parts[1])
                 series = self.series.get(data.get("series_id"))
@@ -192,21 +208,27 @@ class Collector:
         for series_id, series in list(self.series.items()):
             if series.forwarded is None:
                 continue
-            if series.results >= series.forwarded:
+            if series.results >= series.forwarded and series.averages_complete():
                 self._finish(series_id, complete=True)
             elif now - series.summary_at > self.results_timeout_s:
-                series.problems.append(
-                    f"{series.forwarded - series.results} analysed frames never came back from the workers")
-                self._finish(series_id, complete=False)
+                if series.results < series.forwarded:
+                    series.problems.append(
+                        f"{series.forwarded - series.results} analysed frames never came back from the workers")
+                missing = [w for w in series.workers or [] if w not in series.averages]
+                if missing:
+                    series.problems.append(f"no average pattern from worker(s) {', '.join(missing)}")
+                self._finish(series_id, complete=series.results >= series.forwarded)
 
     def _finish(self, series_id: int, complete: bool) -> None:
         series = self.series.pop(series_id)
         if series.outside_grid:
             series.problems.append(f"{series.outside_grid} frames fell outside the {series.grid.shape} scan grid")
+        average = self._analyse_average(series)
         outcome = SeriesOutcome(
             info=series.info, grid=series.grid, maps=series.maps, summary=series.summary,
             results=series.results, analysis_errors=series.errors, problems=series.problems,
             latencies_ms=series.latencies_ms, complete=complete and series.summary is not None,
+            average=average,
         )
         if self.publisher is not None:
             self.publisher.publish_now(series_id, series)
@@ -214,6 +236,21 @@ class Collector:
             self.on_series_complete(outcome)
         except Exception:
             log.exception("writing the outcome of series %d failed", series_id)
+
+
+    def _analyse_average(self, series: _Series):
+        """Merge the workers' average-pattern sums and analyse them (None when there are none)."""
+        shares = [share for share in series.averages.values() if share[3] > 0]
+        if self.average_analysis is None or not shares:
+            return None
+        signal_sum, raw_sum, n_valid = (sum(share[i] for share in shares) for i in range(3))
+        try:
+            return self.average_analysis.analyse(series.maps, signal_sum, raw_sum, n_valid,
+                                                 sum(share[3] for share in shares))
+        except Exception as exc:
+            log.exception("average-pattern analysis of series %d failed", series.info.series_id)
+            series.problems.append(f"average-pattern analysis failed: {exc}")
+            return None
 
 
 def default_grid(info: wire.SeriesInfo) -> ScanGrid:

@@ -72,6 +72,7 @@ class Ingest:
         self.accounting: SeriesAccounting | None = None
         self.series_parts: list[bytes] | None = None
         self.forwarded = 0
+        self.series_workers: set[bytes] = set()
         self.orphans: Counter[str] = Counter()
         self._last_message = time.monotonic()
         self._pending_end: str | None = None
@@ -163,6 +164,7 @@ class Ingest:
             if self._send_to_worker(identity, parts):
                 self.credits[identity] -= 1
                 self.forwarded += 1
+                self.series_workers.add(identity)
                 return True
         return False
 
@@ -238,6 +240,7 @@ class Ingest:
             self.accounting.reasons[reason] += count
         self.orphans.clear()
         self.forwarded = 0
+        self.series_workers = set()
         self._pending_end = None
         self.series_parts = wire.encode_series(info, mask)
         self.to_collector.send_multipart(self.series_parts)
@@ -255,6 +258,11 @@ class Ingest:
             self._drain_queue_blocking(5.0)
         summary = self.accounting.summary(ended_by).as_dict()
         summary["forwarded"] = self.forwarded
+        summary["workers"] = sorted(name.decode(errors="replace") for name in self.series_workers)
+        # Workers answer with their share of the average pattern (after their last result).
+        end = [wire.SERIES_END, wire.dumps({"series_id": self.accounting.series_id})]
+        for identity in list(self.series_workers):
+            self._send_to_worker(identity, end)
         self.to_collector.send_multipart([wire.SUMMARY, wire.dumps(summary)])
         log.info("series %d closed: forwarded %d", self.accounting.series_id, self.forwarded)
         self.accounting = None

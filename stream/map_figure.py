@@ -37,7 +37,8 @@ def robust_range(values: np.ndarray, low: float = 2.0, high: float = 98.0) -> tu
 
 
 def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, str], grid,
-                      title: str = "", names: tuple[str, ...] | None = None) -> Path:
+                      title: str = "", names: tuple[str, ...] | None = None,
+                      profile: tuple[str, object] | None = None) -> Path:
     """Write a panel of maps to ``path`` (PNG).
 
     Parameters
@@ -49,6 +50,9 @@ def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, 
         Gives the axes in micrometres.
     names : tuple of str, optional
         Which maps to draw; default: the headline maps that exist.
+    profile : (str, DistanceProfile), optional
+        A parameter against distance to the crystal edge, drawn as mean +- 1 sigma
+        (Lapkin Fig. 6b).
     """
     import matplotlib
 
@@ -56,8 +60,9 @@ def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, 
     from matplotlib.figure import Figure
 
     names = tuple(n for n in (names or HEADLINE_MAPS) if n in maps) or tuple(maps)[:9]
-    n_columns = min(3, len(names))
-    n_rows = math.ceil(len(names) / n_columns)
+    n_panels = len(names) + (profile is not None)
+    n_columns = min(3, n_panels)
+    n_rows = math.ceil(n_panels / n_columns)
     figure = Figure(figsize=(4.2 * n_columns, 3.6 * n_rows + 0.6), dpi=100, layout="constrained")
     rows_um, columns_um = grid.axes_um()
     half_row = 0.5 * (grid.step_um[0] if not grid.by_frame_index else 1.0)
@@ -82,6 +87,16 @@ def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, 
             axes.set_ylabel(f"{grid.axis_names[0]} (µm)")
         colorbar = figure.colorbar(image, ax=axes, shrink=0.85)
         colorbar.set_label(units.get(name, ""))
+    if profile is not None:
+        name, data = profile
+        axes = figure.add_subplot(n_rows, n_columns, len(names) + 1)
+        centres, mean, std = data.bin_centres_um, data.mean, data.std
+        axes.fill_between(centres, mean - std, mean + std, alpha=0.3, label="±1σ")
+        axes.plot(centres, mean, "o-", label="mean")
+        axes.set_xlabel("distance to crystal edge (µm)")
+        axes.set_ylabel(f"{TITLES.get(name, name)} ({units.get(name, '')})")
+        axes.set_title(f"{TITLES.get(name, name)} vs distance to edge", fontsize=10)
+        axes.legend(fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,11 @@ Layout::
     /status/<parameter>     int32 (rows, columns), analysis.status.Status codes; attrs reasons
     /scan/row_um, column_um float64 motor positions; attrs grid (JSON), axis names
     /accounting             attrs: the frame-accounting summary (JSON) and its one-line form
+    /derived/sc_mask, distance_to_edge_um   supercrystal mask (SAXS > half max) and distance to
+                            its edge (science.md section 6)
+    /profiles/<parameter>/{distance_um, mean, std, count}   parameter against distance to edge
+    /average_pattern        per-peak fits of the summed windows; attrs williamson_hall_L_nm, _g,
+                            their errors, status, K, n_frames
     /config/geometry_poni   the PONI file text;  /config/peak_model  the peak model text
 """
 
@@ -80,6 +85,9 @@ def write_map_file(path: Path, outcome, units: dict[str, str], descriptions: dic
             accounting.attrs["summary"] = json.dumps(outcome.summary.as_dict())
             accounting.attrs["line"] = outcome.summary.line()
         accounting.attrs["results"] = outcome.results
+        _write_derived(handle, maps, outcome.grid)
+        if outcome.average is not None:
+            _write_average(handle, outcome.average)
         config = handle.create_group("config")
         config.create_dataset("geometry_poni", data=_read_text(poni_path))
         config.create_dataset("peak_model", data=_read_text(peaks_path))
@@ -87,6 +95,51 @@ def write_map_file(path: Path, outcome, units: dict[str, str], descriptions: dic
         config.attrs["peak_model_path"] = str(peaks_path or "")
     tmp.replace(path)
     return path
+
+
+PROFILE_PARAMETERS = ("a_mean_nm", "a_ratio", "gamma_deg", "phi_deg", "i_al", "psi_deg",
+                      "delta_psi_deg", "g_q", "a_al_nm")
+
+
+def _write_derived(handle, maps, grid) -> None:
+    """SC mask, distance to edge and profiles (only for a real scan grid with SAXS intensity)."""
+    if grid.by_frame_index or "saxs_intensity" not in maps.values:
+        return
+    from analysis.crystal_region import distance_to_edge_um, profile_vs_distance, supercrystal_mask
+
+    inside = supercrystal_mask(maps.values["saxs_intensity"])
+    distance = distance_to_edge_um(inside, tuple(abs(s) for s in grid.step_um))
+    derived = handle.create_group("derived")
+    derived.create_dataset("sc_mask", data=np.asarray(inside, dtype=np.int8)).attrs["description"] = (
+        "1 inside the supercrystal (SAXS intensity above half its maximum), 0 outside or not measured")
+    derived.create_dataset("distance_to_edge_um", data=distance).attrs["units"] = "um"
+    profiles = handle.create_group("profiles")
+    for name in PROFILE_PARAMETERS:
+        if name not in maps.values:
+            continue
+        profile = profile_vs_distance(maps.values[name], distance, inside=inside)
+        group = profiles.create_group(name)
+        group.create_dataset("distance_um", data=profile.bin_centres_um)
+        group.create_dataset("mean", data=profile.mean)
+        group.create_dataset("std", data=profile.std)
+        group.create_dataset("count", data=profile.count)
+
+
+def _write_average(handle, average) -> None:
+    group = handle.create_group("average_pattern")
+    fits = average.fits
+    group.attrs["peaks"] = json.dumps(list(fits.names))
+    for quantity in ("i0", "q0_nm", "chi0_deg", "fwhm_q_nm", "fwhm_chi_deg", "q0_err_nm", "fwhm_q_err_nm"):
+        group.create_dataset(quantity, data=np.asarray(getattr(fits, quantity), dtype=np.float64))
+    group.create_dataset("status", data=np.asarray(fits.status, dtype=np.int32))
+    wh = average.williamson_hall
+    group.attrs["williamson_hall_L_nm"] = float(wh.L_nm)
+    group.attrs["williamson_hall_g"] = float(wh.g)
+    group.attrs["williamson_hall_L_err_nm"] = float(wh.errors.L_nm)
+    group.attrs["williamson_hall_g_err"] = float(wh.errors.g)
+    group.attrs["williamson_hall_status"] = int(wh.status)
+    group.attrs["K"] = float(average.K)
+    group.attrs["n_frames"] = int(average.n_frames)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Callable
 from analysis.errors import BraggmapError
 from analysis.scan_grid import ScanGrid
 from stream import wire
-from stream.analysis_setup import AnalysisSetup
+from stream.analysis_setup import AnalysisSetup, AverageAnalysis
 from stream.collector import Collector, SeriesOutcome, default_grid
 from stream.ingest import Ingest
 from stream.worker import WorkerConfig, run_worker_process
@@ -89,6 +89,7 @@ class Service:
         self.collector = Collector(
             config.collector_endpoint, parameters, self._complete, grid_for=self._grid_for,
             publish_endpoint=config.publish_endpoint, results_timeout_s=config.results_timeout_s,
+            average_analysis=AverageAnalysis(config.setup),
         )
         self.ingest = Ingest(
             config.detector_endpoint, config.work_endpoint, self.collector.endpoint,

@@ -13,6 +13,8 @@ kind               direction                   parts after the kind
 ``result``         worker -> collector         JSON metadata, values float64, statuses int32
 ``summary``        ingest -> collector         JSON accounting summary + ``forwarded``
 ``problem``        ingest/worker -> collector  JSON ``{"series_id", "message"}``
+``series_end``     ingest -> every worker      JSON ``{"series_id"}``: send your average pattern
+``average``        worker -> collector         JSON metadata, signal_sum f8, raw_sum f8, n_valid i8
 =================  ==========================  =============================================
 """
 
@@ -34,6 +36,8 @@ CREDIT = b"credit"
 RESULT = b"result"
 SUMMARY = b"summary"
 PROBLEM = b"problem"
+SERIES_END = b"series_end"
+AVERAGE = b"average"
 
 
 def dumps(obj: Any) -> bytes:
@@ -185,3 +189,24 @@ def decode_result(parts: list) -> tuple[dict, np.ndarray, np.ndarray]:
     if values.shape != statuses.shape:
         raise ProtocolError(f"result has {values.size} values but {statuses.size} statuses")
     return meta, values, statuses
+
+
+def encode_average(meta: dict, signal_sum: np.ndarray, raw_sum: np.ndarray, n_valid: np.ndarray) -> list[bytes]:
+    """A worker's share of the average pattern (sums over the frames it analysed)."""
+    meta = dict(meta, shape=list(signal_sum.shape))
+    return [AVERAGE, dumps(meta), np.ascontiguousarray(signal_sum, "<f8").tobytes(),
+            np.ascontiguousarray(raw_sum, "<f8").tobytes(), np.ascontiguousarray(n_valid, "<i8").tobytes()]
+
+
+def decode_average(parts: list) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    if len(parts) != 5:
+        raise ProtocolError(f"average message has {len(parts)} parts, expected 5")
+    meta = loads(parts[1])
+    shape = tuple(int(v) for v in meta["shape"])
+    arrays = []
+    for part, dtype in zip(parts[2:], ("<f8", "<f8", "<i8")):
+        array = np.frombuffer(bytes(part), dtype=dtype)
+        if array.size != int(np.prod(shape)):
+            raise ProtocolError(f"average message array of {array.size} values does not fit shape {shape}")
+        arrays.append(array.reshape(shape))
+    return meta, *arrays

@@ -75,6 +75,8 @@ class Worker:
                 kind = bytes(parts[0].buffer)
                 if kind == wire.SERIES:
                     self._on_series(parts, results)
+                elif kind == wire.SERIES_END:
+                    results.send_multipart(self._average(parts))
                 elif kind == wire.FRAME:
                     results.send_multipart(self._on_frame(parts))
                     dealer.send_multipart([wire.CREDIT])
@@ -88,6 +90,7 @@ class Worker:
         try:
             info, mask = wire.decode_series([p.buffer for p in parts])
             self.analyzer = self.analyzers.for_series(info, mask)
+            self.analyzer.average.reset()
             self.saturation_value = info.saturation_value
             self.series_problem = None
         except BraggmapError as exc:
@@ -95,6 +98,18 @@ class Worker:
             self.analyzer = None
             results.send_multipart([wire.PROBLEM, wire.dumps({"series_id": _series_id(parts), "message": str(exc)})])
             log.error("series rejected: %s", exc)
+
+    def _average(self, parts) -> list[bytes]:
+        """This worker's share of the series' average pattern, then reset."""
+        meta = {"series_id": wire.loads(parts[1].buffer)["series_id"], "worker": self.name, "n_frames": 0}
+        if self.analyzer is None:
+            empty = np.zeros((0, 0, 0))
+            return wire.encode_average(meta, empty, empty, empty.astype(np.int64))
+        average = self.analyzer.average
+        meta["n_frames"] = average.n_frames
+        parts = wire.encode_average(meta, average.signal_sum, average.raw_sum, average.n_valid)
+        average.reset()
+        return parts
 
     def _buffer(self, shape, dtype) -> np.ndarray:
         key = (tuple(shape), dtype)
