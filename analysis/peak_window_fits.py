@@ -104,7 +104,8 @@ class PeakWindowFitter:
         outside = self.table.window_status != Status.OK
         status[outside] = self.table.window_status[outside]
         if n_saturated is not None:
-            status[(n_saturated > max_saturated_pixels) & (status == Status.OK)] = Status.SATURATED
+            # a window with overloads cannot be trusted whatever its fit says
+            status[(n_saturated > max_saturated_pixels) & ~outside] = Status.SATURATED
         return self._peak_fits(params, errors, status)
 
     def _peak_fits(self, params: np.ndarray, errors: np.ndarray, status: np.ndarray) -> PeakFits:

@@ -3,8 +3,8 @@
 Subcommands: ``demo`` (the embedded default: a synthetic scan streamed by the simulator through
 the whole service), ``replay`` (re-analyse a recorded EIGER scan through the same path),
 ``serve`` (the live service against a detector), ``worker`` (one more analysis worker, on any
-host). The simulator runs as its own process, as a real detector would, so the service never
-imports it.
+host), ``view`` (the live viewer, its own process: the service never imports Qt). The simulator
+runs as its own process, as a real detector would, so the service never imports it.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="EIGER stream version")
     demo.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as possible)")
     demo.add_argument("--cache-dir", type=Path, help="where the synthetic scan is cached")
+    demo.add_argument("--no-viewer", action="store_true",
+                      help="do not open the live viewer (it opens when a display exists)")
 
     replay = commands.add_parser("replay", help="re-analyse a recorded EIGER scan (master file)",
                                  description="Stream a recorded EIGER HDF5 scan through the detector "
@@ -92,10 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--collector-endpoint", default="tcp://127.0.0.1:0",
                        help="endpoint results are sent to (bind address)")
     serve.add_argument("--publish", default="tcp://127.0.0.1:5557", help="map snapshot PUB endpoint for viewers")
+    serve.add_argument("--detail", default="tcp://127.0.0.1:5558",
+                       help="frame-detail endpoint for viewers (raw frame and fits of a scan point)")
     serve.add_argument("--overflow", choices=("drop", "block"), default="drop",
                        help="when workers cannot keep up: drop and count frames (live) or slow the sender")
     serve.add_argument("--series-timeout", type=float, default=30.0,
                        help="close a series after this many seconds without a message")
+
+    view = commands.add_parser("view", help="open the live viewer on a running service",
+                               description="Show the maps of a running service as they grow; click a "
+                               "pixel for its frame and fits; draw a region for a finer scan.")
+    view.add_argument("--maps", default="tcp://127.0.0.1:5557", help="the service's map PUB endpoint (serve --publish)")
+    view.add_argument("--detail", default="tcp://127.0.0.1:5558", help="the service's frame-detail endpoint (serve --detail)")
 
     worker = commands.add_parser("worker", help="run one analysis worker (scale out across hosts)")
     worker.add_argument("--work-endpoint", required=True, help="the ingest's worker endpoint")
@@ -196,9 +206,28 @@ def _start_simulator(master: Path, protocol: str, rate: float | None, series_id:
     return process, line.split()[1]
 
 
+def _viewer_command(maps_endpoint: str, detail_endpoint: str | None) -> list[str]:
+    command = [sys.executable, "-m", "viewer", "--maps", maps_endpoint]
+    return command + ["--detail", detail_endpoint] if detail_endpoint else command
+
+
+def _display_available() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _start_demo_viewer(service) -> None:
+    """Open the viewer on the demo's service (its own session: it stays open after the demo)."""
+    if service.publish_endpoint is None:
+        return
+    subprocess.Popen(_viewer_command(service.publish_endpoint, service.detail_endpoint),
+                     stdout=subprocess.DEVNULL, start_new_session=True)
+    print("braggmap demo: the live viewer is opening (close it when done)", flush=True)
+
+
 def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
-                         output_dir: Path, appendix: str | None = None) -> int:
-    """Simulator -> service -> map files; prints the accounting and where the maps are."""
+                         output_dir: Path, appendix: str | None = None, on_started=None) -> int:
+    """Simulator -> service -> map files; prints the accounting and where the maps are.
+    ``on_started(service)`` is called once the service runs (e.g. to open a viewer)."""
     from stream.progress import ProgressLine
     from stream.service import Service, ServiceConfig, ServiceError
 
@@ -222,6 +251,8 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
             service.start()
         except ServiceError as exc:
             raise CommandError(str(exc)) from exc
+        if on_started is not None:
+            on_started(service)
         progress = ProgressLine(stream=sys.stderr)
         service.collector.progress = progress.update
         outcome = _wait_for_outcome(service, simulator)
@@ -285,7 +316,8 @@ def command_demo(args) -> int:
     output_dir = args.output or Path(tempfile.mkdtemp(prefix="braggmap-demo-"))
     print(f"braggmap demo: streaming {master.name} over loopback (EIGER stream {args.protocol}) "
           f"into {args.workers} worker(s)", flush=True)
-    status = _run_through_service(master, setup, grid, args, output_dir)
+    viewer = _start_demo_viewer if _display_available() and not args.no_viewer else None
+    status = _run_through_service(master, setup, grid, args, output_dir, on_started=viewer)
     print(f"braggmap demo: done in {time.monotonic() - started:.0f} s; maps written to {output_dir}")
     return status
 
@@ -307,7 +339,7 @@ def command_serve(args) -> int:
         setup=setup, detector_endpoint=args.detector, protocol=args.protocol, n_workers=args.workers,
         work_endpoint=args.work_endpoint, collector_endpoint=args.collector_endpoint,
         publish_endpoint=args.publish, overflow=args.overflow, series_timeout_s=args.series_timeout,
-        grid=_grid_from(args),
+        grid=_grid_from(args), detail_endpoint=args.detail,
     )
 
     def report(outcome) -> None:
@@ -317,7 +349,8 @@ def command_serve(args) -> int:
 
     with Service(config, on_series_complete=report) as service:
         print(f"braggmap: ready; detector {args.detector}, workers connect to {service.ingest.work_endpoint}, "
-              f"results to {service.collector.endpoint}, maps published on {service.publish_endpoint}", flush=True)
+              f"results to {service.collector.endpoint}, maps published on {service.publish_endpoint}, "
+              f"frame detail on {service.detail_endpoint}", flush=True)
         try:
             while True:
                 time.sleep(1)
@@ -334,7 +367,16 @@ def command_worker(args) -> int:
     return 0
 
 
-COMMANDS = {"demo": command_demo, "replay": command_replay, "serve": command_serve, "worker": command_worker}
+def command_view(args) -> int:
+    """The viewer runs as its own process (Qt stays out of the service's packages)."""
+    try:
+        return subprocess.call(_viewer_command(args.maps, args.detail))
+    except KeyboardInterrupt:
+        return 130
+
+
+COMMANDS = {"demo": command_demo, "replay": command_replay, "serve": command_serve, "worker": command_worker,
+            "view": command_view}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from analysis.scan_grid import ScanGrid
 from analysis.status import Status
 from stream import wire
 from stream.accounting import AccountingSummary
+from stream.documents import DOCUMENT
 from stream.published_state import MapPublisher
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,15 @@ class Collector:
     average_analysis : object, optional
         ``analyse(maps, signal_sum, raw_sum, n_valid, n_frames) -> AveragePatternResult``: fits the
         merged average pattern of a finished series and updates the maps that depend on it.
+    placement : stream.run_placement.DocumentPlacement, optional
+        Places frames from bluesky run documents (``DOCUMENT`` messages) instead of ``grid_for``.
     """
 
     def __init__(self, endpoint: str, parameters: tuple[str, ...],
                  on_series_complete: Callable[[SeriesOutcome], None],
                  grid_for: Callable[[wire.SeriesInfo], ScanGrid] | None = None,
                  publish_endpoint: str | None = None, results_timeout_s: float = 30.0,
-                 average_analysis=None, context: zmq.Context | None = None) -> None:
+                 average_analysis=None, context: zmq.Context | None = None, placement=None) -> None:
         from stream.ingest import _bindable
 
         self._context = context or zmq.Context.instance()
@@ -103,6 +106,7 @@ class Collector:
         self.grid_for = grid_for or default_grid
         self.results_timeout_s = results_timeout_s
         self.average_analysis = average_analysis
+        self.placement = placement  # stream.run_placement.DocumentPlacement: frames placed from run documents
         self.publisher = MapPublisher(publish_endpoint, self._context) if publish_endpoint else None
         self.series: dict[int, _Series] = {}
         self.malformed = 0
@@ -169,6 +173,8 @@ class Collector:
                 if series is not None and data["message"] not in series.problems:
                     series.problems.append(data["message"])
                 log.error("problem in series %s: %s", data.get("series_id"), data["message"])
+            elif kind == DOCUMENT and self.placement is not None:
+                self.placement.on_document(parts[1], parts[2], self.series)
             else:
                 raise ValueError(f"unknown message kind {kind!r}")
         except Exception as exc:
@@ -180,6 +186,8 @@ class Collector:
             self._finish(info.series_id, complete=False)
         grid = self.grid_for(info)
         self.series[info.series_id] = _Series(info, grid, self.parameters)
+        if self.placement is not None:
+            self.placement.open_series(self.series[info.series_id])
 
     def _on_result(self, meta: dict, values: np.ndarray, statuses: np.ndarray) -> None:
         series = self.series.get(meta.get("series_id"))
@@ -191,15 +199,18 @@ class Collector:
             series.errors[meta["error"]] = series.errors.get(meta["error"], 0) + 1
         if meta.get("received_ns"):
             series.latencies_ms.append((time.time_ns() - meta["received_ns"]) / 1e6)
-        position = series.grid.position(int(meta["frame_index"]))
-        if position is None:
-            series.outside_grid += 1
-            return
         if values.size != len(self.parameters):
             series.errors["result of the wrong length"] = series.errors.get("result of the wrong length", 0) + 1
             values = np.full(len(self.parameters), np.nan)
             statuses = np.full(len(self.parameters), int(Status.INVALID_INPUT), dtype=np.int32)
-        series.maps.update(position[0], position[1], values, statuses)
+        if self.placement is not None:
+            self.placement.place(series, int(meta["frame_index"]), values, statuses)
+        else:
+            position = series.grid.position(int(meta["frame_index"]))
+            if position is None:
+                series.outside_grid += 1
+                return
+            series.maps.update(position[0], position[1], values, statuses)
         if self.progress is not None:
             self.progress(series)
 
@@ -208,7 +219,8 @@ class Collector:
         for series_id, series in list(self.series.items()):
             if series.forwarded is None:
                 continue
-            if series.results >= series.forwarded and series.averages_complete():
+            if series.results >= series.forwarded and series.averages_complete() and (
+                    self.placement is None or self.placement.settled(series)):
                 self._finish(series_id, complete=True)
             elif now - series.summary_at > self.results_timeout_s:
                 if series.results < series.forwarded:
@@ -221,6 +233,8 @@ class Collector:
 
     def _finish(self, series_id: int, complete: bool) -> None:
         series = self.series.pop(series_id)
+        if self.placement is not None:
+            self.placement.finish(series)
         if series.outside_grid:
             series.problems.append(f"{series.outside_grid} frames fell outside the {series.grid.shape} scan grid")
         average = self._analyse_average(series)

@@ -51,8 +51,10 @@ def excluded_pixels(frame: np.ndarray, pixel_mask: np.ndarray | None) -> np.ndar
 
 
 def window_planes(analyzer: FrameAnalyzer, params: np.ndarray) -> np.ndarray:
-    """float32 (3, n_windows, n_q, n_chi): mean counts of the last regrouped frame, the fitted
-    model (where the fit gave finite parameters) and the residual; NaN in padding bins."""
+    """float32 (3, n_windows, n_q, n_chi): mean counts per pixel of the last regrouped frame,
+    the fitted model in the same unit (the fitter models the intensity density in (q, chi);
+    times the bins' mean pixel area it is counts per pixel again) where the fit gave finite
+    parameters, and the residual; NaN in padding bins."""
     table = analyzer.table
     planes = np.full((len(WINDOW_PLANES), *table.bins_shape), np.nan, dtype=np.float32)
     planes[0] = analyzer.buffers.mean_counts
@@ -63,7 +65,8 @@ def window_planes(analyzer: FrameAnalyzer, params: np.ndarray) -> np.ndarray:
         if not np.all(np.isfinite(params[window])):
             continue
         q_centres, chi_centres = table.window_centres(window)
-        model = gauss2d_model(params[window], q_centres, chi_centres)
+        area = table.pixel_area_per_bin[window, q_bins, chi_bins]
+        model = gauss2d_model(params[window], q_centres, chi_centres) * area
         planes[1, window, q_bins, chi_bins] = model
         planes[2, window, q_bins, chi_bins] = planes[0, window, q_bins, chi_bins] - model
     return planes

@@ -93,6 +93,7 @@ class FrameStore:
         self._series: OrderedDict[int, _SeriesFile] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._unstorable: set[int] = set()
 
     # -- writing (ingest thread) --------------------------------------------------------------
     def add(self, frame: ImageFrame) -> None:
@@ -102,7 +103,14 @@ class FrameStore:
                 return
             series = self._series.get(frame.series_id)
             if series is None:
-                series = self._open(frame.series_id)
+                if frame.series_id in self._unstorable:
+                    return
+                try:
+                    series = self._open(frame.series_id)
+                except OSError as exc:
+                    log.error("frame store: cannot keep the frames of series %d: %s", frame.series_id, exc)
+                    self._unstorable.add(frame.series_id)
+                    return
             payload = frame.payload
             n_bytes = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
             if series.size + n_bytes > self.max_series_bytes:
@@ -113,8 +121,14 @@ class FrameStore:
                 return
             written = 0
             view = memoryview(payload).cast("B")
-            while written < n_bytes:
-                written += os.pwrite(series.fd, view[written:], series.size + written)
+            try:
+                while written < n_bytes:
+                    written += os.pwrite(series.fd, view[written:], series.size + written)
+            except OSError as exc:  # disk full...: the ingest must go on without the store
+                log.error("frame store: cannot write series %d frame %d (%s); later frames are not kept",
+                          frame.series_id, frame.frame_index, exc)
+                series.full = True
+                return
             meta = StoredFrameMeta(frame.series_id, frame.frame_index, tuple(frame.shape), frame.dtype,
                                    frame.compression, n_bytes)
             series.index[frame.frame_index] = (series.size, meta)

@@ -47,11 +47,14 @@ class Ingest:
         Frames held while all workers are busy (``"drop"`` policy).
     series_timeout_s : float
         A series with no message for this long is closed with ``ended_by="timeout"``.
+    frame_store : stream.frame_store.FrameStore, optional
+        Keeps every accepted frame's compressed payload (for the frame-detail endpoint).
     """
 
     def __init__(self, detector_endpoint: str, work_endpoint: str, collector_endpoint: str,
                  protocol: str = "auto", overflow: str = "block", max_queue: int = 64,
-                 series_timeout_s: float = 30.0, context: zmq.Context | None = None) -> None:
+                 series_timeout_s: float = 30.0, context: zmq.Context | None = None,
+                 frame_store=None) -> None:
         if overflow not in ("block", "drop"):
             raise ValueError(f"overflow policy {overflow!r} is not 'block' or 'drop'")
         self._context = context or zmq.Context.instance()
@@ -79,6 +82,7 @@ class Ingest:
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.series_closed = 0
+        self.frame_store = frame_store  # keeps compressed frames for the frame-detail endpoint
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -211,6 +215,8 @@ class Ingest:
                 self._open_series(wire.SeriesInfo.headerless(message), None)
             if not self.accounting.record_frame(message.frame_index):
                 return
+            if self.frame_store is not None:
+                self.frame_store.add(message)
             parts = wire.encode_frame(message, item.received_ns)
             if not self._dispatch(parts):
                 if self.overflow == "drop" and len(self.queue) >= self.max_queue:

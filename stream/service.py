@@ -20,6 +20,10 @@ from analysis.scan_grid import ScanGrid
 from stream import wire
 from stream.analysis_setup import AnalysisSetup, AverageAnalysis
 from stream.collector import Collector, SeriesOutcome, default_grid
+from stream.frame_detail import DetailServer
+from stream.frame_store import FrameStore
+from stream.run_placement import DocumentPlacement
+from stream.documents import DocumentReceiver
 from stream.ingest import Ingest
 from stream.worker import WorkerConfig, run_worker_process
 
@@ -44,6 +48,7 @@ class ServiceConfig:
     work_endpoint: str = "tcp://127.0.0.1:0"
     collector_endpoint: str = "tcp://127.0.0.1:0"
     publish_endpoint: str | None = "tcp://127.0.0.1:0"
+    detail_endpoint: str | None = "tcp://127.0.0.1:0"
     overflow: str = "block"
     max_queue: int = 64
     series_timeout_s: float = 30.0
@@ -51,6 +56,8 @@ class ServiceConfig:
     worker_credits: int = 3
     grid: ScanGrid | None = None
     ready_timeout_s: float = 180.0
+    documents_endpoint: str | None = None  # a beamline's stream.document_log.DocumentLog: maps on run grids
+    documents_settle_s: float = 5.0  # a finished series waits this long for its run's documents
 
 
 @dataclass
@@ -72,6 +79,9 @@ class Service:
         self.collector: Collector | None = None
         self.ingest: Ingest | None = None
         self.workers: list[multiprocessing.Process] = []
+        self.frame_store: FrameStore | None = None
+        self.detail_server: DetailServer | None = None
+        self.documents: DocumentReceiver | None = None
 
     def _complete(self, outcome: SeriesOutcome) -> None:
         try:
@@ -90,14 +100,22 @@ class Service:
             config.collector_endpoint, parameters, self._complete, grid_for=self._grid_for,
             publish_endpoint=config.publish_endpoint, results_timeout_s=config.results_timeout_s,
             average_analysis=AverageAnalysis(config.setup),
+            placement=DocumentPlacement(parameters, config.documents_settle_s) if config.documents_endpoint else None,
         )
+        if config.detail_endpoint is not None:
+            self.frame_store = FrameStore(header_source=lambda: self.ingest.series_parts if self.ingest else None)
         self.ingest = Ingest(
             config.detector_endpoint, config.work_endpoint, self.collector.endpoint,
             protocol=config.protocol, overflow=config.overflow, max_queue=config.max_queue,
-            series_timeout_s=config.series_timeout_s,
+            series_timeout_s=config.series_timeout_s, frame_store=self.frame_store,
         )
         self.collector.start()
+        if self.frame_store is not None:
+            self.detail_server = DetailServer(config.detail_endpoint, self.frame_store,
+                                              config.setup.analyzer_cache).start()
         self.ingest.start()
+        if config.documents_endpoint:
+            self.documents = DocumentReceiver(config.documents_endpoint, self.collector.endpoint).start()
         context = multiprocessing.get_context("spawn")
         for index in range(config.n_workers):
             worker_config = WorkerConfig(
@@ -132,11 +150,18 @@ class Service:
     def publish_endpoint(self) -> str | None:
         return self.collector.publisher.endpoint if self.collector and self.collector.publisher else None
 
+    @property
+    def detail_endpoint(self) -> str | None:
+        """Frame-detail REP endpoint (:mod:`stream.frame_detail`), None when disabled."""
+        return self.detail_server.endpoint if self.detail_server is not None else None
+
     def wait_for_series(self, timeout_s: float | None = None) -> SeriesOutcome:
         """Block until the next series is finished; raises ``queue.Empty`` on time-out."""
         return self.outcomes.get(timeout=timeout_s)
 
     def stop(self) -> None:
+        if self.documents is not None:
+            self.documents.stop()
         if self.ingest is not None:
             self.ingest.stop()
         for process in self.workers:
@@ -149,6 +174,10 @@ class Service:
                 process.join(2)
         if self.collector is not None:
             self.collector.stop()
+        if self.detail_server is not None:
+            self.detail_server.stop()
+        if self.frame_store is not None:
+            self.frame_store.close()
 
     def __enter__(self) -> "Service":
         return self.start()

@@ -1,0 +1,128 @@
+"""Bad and awkward frames give missing values with a reason, never an exception or a number:
+a missing peak, a peak at the window edge, saturated, masked and NaN pixels, wrong shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from analysis.errors import GeometryError
+from analysis.frame_analysis import FrameAnalyzer
+from analysis.status import Status
+from simulators.synthetic_scan import SyntheticScan, SyntheticScanConfig
+from stream.analysis_setup import AnalysisSetup
+from stream.config_files import load_geometry, load_peak_model
+
+NODATA = np.uint32(2**32 - 1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    scan = SyntheticScan(SyntheticScanConfig())
+    paths = AnalysisSetup.default()
+    geometry, model = load_geometry(paths.poni_path), load_peak_model(paths.peaks_path)
+    analyzer = FrameAnalyzer(geometry, model, pixel_mask=scan.pixel_mask,
+                             background=scan.renderer.background_expected, williamson_hall_L_nm=6.8)
+    centre = tuple(np.argwhere(scan.truth.maps["distance_to_edge_um"] >= 2.0)[0])
+    frame = scan.frame(scan.grid.frame_index(*centre))
+    return {"scan": scan, "geometry": geometry, "model": model, "analyzer": analyzer, "frame": frame}
+
+
+def analyse(analyzer, frame, saturation_value=None):
+    values = np.empty(len(analyzer.parameter_names))
+    statuses = np.empty(len(analyzer.parameter_names), np.int32)
+    analyzer.analyse(frame, values, statuses, saturation_value=saturation_value, accumulate=False)
+    return dict(zip(analyzer.parameter_names, values)), dict(zip(analyzer.parameter_names, statuses))
+
+
+def window_pixels(analyzer, peak: str) -> np.ndarray:
+    table = analyzer.table
+    window = table.window_index(peak)
+    in_window = table.bin_index // (table.n_q * table.n_chi) == window
+    return table.pixel_index[in_window]
+
+
+def assert_missing(values, statuses, name, *reasons):
+    assert np.isnan(values[name]), f"{name} = {values[name]} should be missing"
+    assert statuses[name] in reasons, f"{name}: status {Status(statuses[name]).name}, expected {reasons}"
+
+
+def test_reference_frame_is_fully_analysed(setup):
+    values, statuses = analyse(setup["analyzer"], setup["frame"])
+    for name in ("a1_nm", "a2_nm", "gamma_deg", "psi_deg", "saxs_1.q0_nm", "waxs_010.q0_nm", "saxs_intensity"):
+        assert statuses[name] == Status.OK and np.isfinite(values[name]), name
+
+
+def test_missing_peak_and_missing_friedel_pair(setup):
+    analyzer, frame = setup["analyzer"], setup["frame"].copy()
+    frame.reshape(-1)[window_pixels(analyzer, "saxs_1")] = NODATA
+    values, statuses = analyse(analyzer, frame)
+    assert_missing(values, statuses, "saxs_1.q0_nm", Status.TOO_FEW_POINTS)
+    # its Friedel mate still gives (100)_SL: a1 stays, flagged by the pair count
+    assert statuses["a1_nm"] == Status.OK and values["saxs_pair1_n_peaks"] == 1
+    frame.reshape(-1)[window_pixels(analyzer, "saxs_3")] = NODATA
+    values, statuses = analyse(analyzer, frame)
+    for name in ("a1_nm", "a2_nm", "gamma_deg", "phi_deg", "a_mean_nm"):
+        assert_missing(values, statuses, name, Status.MISSING_PEAK)
+    assert statuses["psi_deg"] == Status.OK  # the WAXS side is untouched
+
+
+def test_peak_without_signal_is_not_significant(setup):
+    analyzer = setup["analyzer"]
+    background_only = setup["scan"].background_pool()[0]
+    values, statuses = analyse(analyzer, background_only)
+    for peak in ("saxs_1", "saxs_2", "waxs_010", "waxs_020"):
+        assert_missing(values, statuses, f"{peak}.q0_nm", Status.NOT_SIGNIFICANT, Status.TOO_FEW_POINTS)
+    assert statuses["saxs_intensity"] == Status.OK  # the integrated intensity is a measurement
+
+
+def test_peak_at_the_window_edge(setup):
+    model = setup["model"]
+    values, _ = analyse(setup["analyzer"], setup["frame"])
+    chi0 = values["saxs_1.chi0_deg"]
+    moved = dataclasses.replace(model.peak("saxs_1"), chi_range_deg=(chi0 - 1.0, chi0 + 49.0))
+    edge_model = dataclasses.replace(model, peaks=tuple(moved if p.name == "saxs_1" else p for p in model.peaks))
+    analyzer = FrameAnalyzer(setup["geometry"], edge_model, pixel_mask=setup["scan"].pixel_mask,
+                             background=setup["scan"].renderer.background_expected, williamson_hall_L_nm=6.8)
+    values, statuses = analyse(analyzer, setup["frame"])
+    assert_missing(values, statuses, "saxs_1.q0_nm", Status.CENTRE_AT_EDGE, Status.NOT_SIGNIFICANT)
+
+
+def test_saturated_pixels_in_a_peak(setup):
+    analyzer, frame = setup["analyzer"], setup["frame"].copy()
+    pixels = window_pixels(analyzer, "waxs_010")
+    frame.reshape(-1)[pixels[len(pixels) // 2]] = 500_000
+    values, statuses = analyse(analyzer, frame, saturation_value=100_000)
+    assert_missing(values, statuses, "waxs_010.q0_nm", Status.SATURATED)
+    assert statuses["waxs_020.q0_nm"] == Status.OK
+
+
+def test_masked_pixels_inside_a_peak_are_skipped(setup):
+    analyzer, frame = setup["analyzer"], setup["frame"].copy()
+    reference, _ = analyse(analyzer, frame)
+    pixels = window_pixels(analyzer, "waxs_010")
+    frame.reshape(-1)[pixels[::3]] = NODATA  # a third of the window's pixels
+    values, statuses = analyse(analyzer, frame)
+    assert statuses["waxs_010.q0_nm"] == Status.OK
+    assert abs(values["waxs_010.q0_nm"] / reference["waxs_010.q0_nm"] - 1) < 0.003
+
+
+def test_nan_pixels_in_float_frames(setup):
+    analyzer = setup["analyzer"]
+    frame = setup["frame"].astype(np.float64)
+    frame[frame == float(NODATA)] = np.nan
+    values, statuses = analyse(analyzer, frame)
+    assert statuses["a1_nm"] == Status.OK
+    all_nan = np.full(frame.shape, np.nan)
+    values, statuses = analyse(analyzer, all_nan)
+    assert_missing(values, statuses, "saxs_intensity", Status.TOO_FEW_POINTS)
+    for name in ("saxs_1.q0_nm", "waxs_010.q0_nm"):
+        assert_missing(values, statuses, name, Status.TOO_FEW_POINTS)
+    assert all(np.isnan(v) for n, v in values.items() if statuses[n] != Status.OK)
+
+
+def test_wrong_frame_shape_is_a_geometry_error(setup):
+    with pytest.raises(GeometryError, match="frame shape"):
+        analyse(setup["analyzer"], np.zeros((100, 100), np.uint32))
