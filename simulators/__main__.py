@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.verbose:
+        for name in ("silx", "pyFAI"):  # the optional-pyOpenCL note is noise here
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.handler(args)
     except BraggmapError as exc:

@@ -82,11 +82,7 @@ def fly_raster(detector, slow, slow_start: float, slow_stop: float, n_rows: int,
             yield from bps.collect(detector)
             yield from bps.trigger_and_read([slow, fast], name="row_end")
 
-    @bpp.stage_decorator([detector])
-    @bpp.run_decorator(md=_md)
-    def inner():
-        return (yield from bpp.monitor_during_wrapper(rows(), monitored))
-
+    plan = bpp.stage_wrapper(bpp.monitor_during_wrapper(bpp.run_wrapper(rows(), md=_md), monitored), [detector])
     yield from bps.mv(detector.n_images, n_rows * n_columns, detector.frames_per_trigger, n_columns,
                       detector.frame_rate_hz, rate_hz)
-    return (yield from with_detector_series(inner(), detector))
+    return (yield from with_detector_series(plan, detector))

@@ -201,8 +201,7 @@ def _start_simulator(master: Path, protocol: str, rate: float | None, series_id:
     line = process.stdout.readline()
     if not line.startswith("endpoint "):
         process.wait(30)
-        error = (process.stderr.read() or line or "simulator exited").strip().splitlines()
-        raise CommandError(error[-1] if error else "the detector simulator did not start")
+        raise CommandError(_last_error_line(process.stderr.read() or line, "the detector simulator did not start"))
     return process, line.split()[1]
 
 
@@ -291,8 +290,8 @@ def _wait_for_outcome(service, simulator: subprocess.Popen):
             if geometry:
                 raise CommandError(geometry[0])
         if simulator.poll() not in (None, 0):
-            error = simulator.stderr.read().strip().splitlines()
-            raise CommandError(error[-1] if error else f"the detector simulator failed ({simulator.returncode})")
+            raise CommandError(_last_error_line(simulator.stderr.read(),
+                                                f"the detector simulator failed ({simulator.returncode})"))
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -305,7 +304,7 @@ def command_demo(args) -> int:
     result = subprocess.run(_simulator_command("synthesize", "--cache-dir", str(cache_dir)),
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise CommandError((result.stderr.strip().splitlines() or ["synthetic scan generation failed"])[-1])
+        raise CommandError(_last_error_line(result.stderr, "synthetic scan generation failed"))
     lines = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines() if " " in line)
     master = Path(lines["master"])
     if args.background is None and "background" in lines:
@@ -375,14 +374,29 @@ def command_view(args) -> int:
         return 130
 
 
+def configure_logging(verbose: bool) -> None:
+    """Our warnings on stderr (everything with -v); silx/pyFAI's note about the missing
+    optional pyOpenCL is noise for a command-line user."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for name in ("silx", "pyFAI"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _last_error_line(text: str, default: str) -> str:
+    """The simulator's one-line error, without its own ``error:`` prefix."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("error: ") if lines else default
+
+
 COMMANDS = {"demo": command_demo, "replay": command_replay, "serve": command_serve, "worker": command_worker,
             "view": command_view}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)
     except BraggmapError as exc:

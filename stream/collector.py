@@ -172,7 +172,7 @@ class Collector:
                 series = self.series.get(data.get("series_id"))
                 if series is not None and data["message"] not in series.problems:
                     series.problems.append(data["message"])
-                log.error("problem in series %s: %s", data.get("series_id"), data["message"])
+                log.info("problem in series %s: %s", data.get("series_id"), data["message"])
             elif kind == DOCUMENT and self.placement is not None:
                 self.placement.on_document(parts[1], parts[2], self.series)
             else:

@@ -97,7 +97,7 @@ class Worker:
             self.series_problem = str(exc)
             self.analyzer = None
             results.send_multipart([wire.PROBLEM, wire.dumps({"series_id": _series_id(parts), "message": str(exc)})])
-            log.error("series rejected: %s", exc)
+            log.info("series rejected: %s", exc)  # reported to the collector, which owns the outcome
 
     def _average(self, parts) -> list[bytes]:
         """This worker's share of the series' average pattern, then reset."""
@@ -164,6 +164,9 @@ def _series_id(parts) -> int | None:
 def run_worker_process(config: WorkerConfig) -> None:
     """Process entry point: run a worker until SIGTERM / SIGINT."""
     logging.basicConfig(level=os.environ.get("BRAGGMAP_LOG", "WARNING"))
+    if "BRAGGMAP_LOG" not in os.environ:
+        for name in ("silx", "pyFAI"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -69,12 +69,19 @@ def _h5py_chunk(payload, compression, dtype, shape, scratch: h5py.File):
     return dataset[0]
 
 
+def _numba_bslz4(payload, compression, dtype, shape, scratch):
+    from stream.bslz4_kernel import decode_bslz4
+
+    return decode_bslz4(payload, dtype, shape)
+
+
 DECODERS = [
     # (name, compressions it decodes, function(payload, compression, dtype, shape, h5 scratch))
     ("braggmap", {"bslz4", "lz4-hdf5", "lz4-raw", "none"}, _ours),
     ("braggmap out=", {"bslz4", "lz4-hdf5", "lz4-raw", "none"}, _ours_into_out),
     ("dectris.compression", {"bslz4", "lz4-hdf5"}, _dectris),
     ("bitshuffle", {"bslz4"}, _bitshuffle),
+    ("braggmap Numba (stream.bslz4_kernel)", {"bslz4"}, _numba_bslz4),
     ("lz4.block", {"lz4-raw"}, _lz4_raw_block),
     ("h5py+hdf5plugin", {"bslz4", "lz4-hdf5"}, _h5py_chunk),
 ]

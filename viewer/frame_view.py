@@ -23,11 +23,12 @@ def log_counts(frame: np.ndarray, excluded: np.ndarray) -> np.ndarray:
 
 
 def log_levels(image: np.ndarray) -> tuple[float, float]:
-    """Display range of a log image: 0 to the 99.9th percentile of its finite values."""
+    """Display range of a log image: 0 to the 99.95th percentile of its finite values (the
+    Bragg peaks cover a tiny fraction of the detector; drag the colour bar for more)."""
     finite = image[np.isfinite(image)]
     if finite.size == 0:
         return 0.0, 1.0
-    high = float(np.percentile(finite, 99.9))
+    high = float(np.percentile(finite, 99.95))
     return 0.0, high if high > 0 else 1.0
 
 
@@ -103,4 +104,5 @@ class FrameView(QtWidgets.QWidget):
             self.peak_items[peak.name] = (centre, ellipse, outline, label)
         self.plot_item.setTitle(f"series {detail.series_id}, frame {detail.frame_index}")
         if first:
-            self.plot_item.getViewBox().autoRange(padding=0.01)
+            rows, columns = detail.frame.shape
+            self.plot_item.getViewBox().setRange(xRange=(0, columns), yRange=(0, rows), padding=0.01)

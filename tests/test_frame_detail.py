@@ -1,0 +1,338 @@
+"""Frame store, frame-detail server and client over loopback, and the viewer's detail panel.
+
+The server analyses real synthetic EIGER X 4M frames at the P10 geometry with the service's
+default analysis setup (tables built once per module)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from analysis.geometry import pixel_q_chi
+from analysis.peak_pixels import pixel_of_q_chi
+from analysis.scan_grid import ScanGrid
+from analysis.status import Status
+from stream import codecs, wire
+from stream.analysis_setup import AnalysisSetup
+from stream.frame_detail import (DetailError, DetailServer, FrameDetail, FrameDetailClient, decode_detail_reply,
+                                 error_reply)
+from stream.frame_store import FrameStore
+from stream.messages import ImageFrame
+from stream.published_state import MapSnapshot
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+SERIES = 7
+FRAMES = (4, 0)  # inside the crystal (centre of the 3 x 3 scan), and a corner
+EMPTY_FRAME = 8  # stored as a background-only frame (no supercrystal in the beam)
+
+
+def _frame(series_id: int, index: int, payload, compression: str = "none", shape=(2, 3)) -> ImageFrame:
+    return ImageFrame(series_id, index, shape, "uint16", compression, payload, 2)
+
+
+# -- frame store --------------------------------------------------------------------------------------
+def test_store_keeps_payloads_on_disk_and_returns_them(tmp_path):
+    store = FrameStore(directory=str(tmp_path))
+    payloads = {k: bytes([k]) * (6 + k) for k in range(5)}
+    for k, payload in payloads.items():
+        store.add(_frame(1, k, memoryview(payload) if k % 2 else payload))
+    for k, payload in payloads.items():
+        meta, stored = store.get(1, k)
+        assert stored == payload
+        assert (meta.series_id, meta.frame_index, meta.shape, meta.dtype, meta.n_bytes) == (1, k, (2, 3), "uint16",
+                                                                                            len(payload))
+    assert store.get(1, 99) is None and store.get(2, 0) is None
+    (path,) = store.paths()
+    assert Path(path).parent == tmp_path and os.path.getsize(path) == sum(map(len, payloads.values()))
+    store.add(_frame(1, 2, b"replaced"))
+    assert store.get(1, 2)[1] == b"replaced" and store.frame_indices(1) == [0, 1, 2, 3, 4]
+
+
+def test_store_keeps_two_series_and_deletes_files(tmp_path):
+    store = FrameStore(directory=str(tmp_path))
+    for series in (1, 2):
+        store.add(_frame(series, 0, b"x" * series))
+    first_paths = store.paths()
+    store.add(_frame(3, 0, b"third"))
+    assert store.series_ids() == [2, 3]
+    assert not Path(first_paths[0]).exists() and Path(first_paths[1]).exists()
+    assert store.get(1, 0) is None and store.get(2, 0)[1] == b"xx"
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+    store.add(_frame(4, 0, b"after close"))
+    assert store.get(4, 0) is None and store.series_ids() == []
+
+
+def test_store_records_the_series_header_and_caps_the_size(tmp_path):
+    info = wire.SeriesInfo(5, "v2", 3, (2, 3), "uint16", 1000, None, None, None, None)
+    mask = np.arange(6, dtype=np.uint32).reshape(2, 3)
+    headers = {"parts": wire.encode_series(info, mask)}
+    store = FrameStore(directory=str(tmp_path), header_source=lambda: headers["parts"], max_series_bytes=10)
+    store.add(_frame(5, 0, b"123456"))
+    store.add(_frame(5, 1, b"7890123"))  # would exceed 10 bytes: not kept
+    stored_info, stored_mask = store.header(5)
+    assert stored_info.saturation_value == 1000
+    np.testing.assert_array_equal(stored_mask, mask)
+    assert store.get(5, 0)[1] == b"123456" and store.get(5, 1) is None
+    headers["parts"] = [b"garbage"]
+    store.add(_frame(6, 0, b"1"))
+    assert store.header(6) is None and store.get(6, 0)[1] == b"1"
+    store.close()
+
+
+def test_store_is_safe_across_threads(tmp_path):
+    store = FrameStore(directory=str(tmp_path))
+    payloads = [np.random.default_rng(k).bytes(1000 + k) for k in range(200)]
+
+    def write():
+        for k, payload in enumerate(payloads):
+            store.add(_frame(1, k, payload))
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen = 0
+    while writer.is_alive() or seen < len(payloads):
+        for k in range(len(payloads)):
+            got = store.get(1, k)
+            if got is not None:
+                assert got[1] == payloads[k]
+        seen = len(store.frame_indices(1))
+    writer.join()
+    store.close()
+
+
+# -- server and client ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served():
+    """A detail server on loopback holding two synthetic P10 frames of series 7."""
+    from simulators.synthetic_scan import SyntheticScan, SyntheticScanConfig
+
+    scan = SyntheticScan(SyntheticScanConfig(grid_shape=(3, 3)))
+    frames = {k: scan.frame(k) for k in FRAMES}
+    frames[EMPTY_FRAME] = scan.background_pool()[0]
+    geometry = scan.geometry
+    info = wire.SeriesInfo(SERIES, "v2", 9, geometry.shape, "uint32", 2**20, geometry.wavelength_m,
+                           geometry.pixel1_m, geometry.distance_m, 0.5)
+    series_parts = wire.encode_series(info, scan.pixel_mask)
+    store = FrameStore(header_source=lambda: series_parts)
+    for k, frame in frames.items():
+        store.add(ImageFrame(SERIES, k, frame.shape, "uint32", "bslz4", codecs.compress(frame, "bslz4"), 4))
+    setup = AnalysisSetup.default()
+    cache = setup.analyzer_cache()
+    server = DetailServer("tcp://127.0.0.1:0", store, cache).start()
+    client = FrameDetailClient(server.endpoint)
+    details = {k: client.request(SERIES, k, timeout_ms=120000) for k in frames}
+    yield {"server": server, "client": client, "frames": frames, "details": details, "cache": cache,
+           "info": info, "mask": scan.pixel_mask, "geometry": geometry, "store": store}
+    client.close()
+    server.stop()
+    store.close()
+
+
+def test_detail_reply_holds_the_frame_mask_and_the_same_numbers_as_the_workers(served):
+    detail = served["details"][4]
+    assert isinstance(detail, FrameDetail), detail
+    frame = served["frames"][4]
+    np.testing.assert_array_equal(detail.frame, frame)
+    assert detail.frame.dtype == np.uint32
+    expected_excluded = (served["mask"] != 0) | (frame == 2**32 - 1)
+    np.testing.assert_array_equal(detail.excluded, expected_excluded)
+    assert expected_excluded.any()
+    analyzer = served["cache"].for_series(served["info"], served["mask"])
+    values = np.empty(len(analyzer.parameter_names))
+    statuses = np.empty(len(analyzer.parameter_names), np.int32)
+    analyzer.analyse(frame, values, statuses, saturation_value=served["info"].saturation_value, accumulate=False)
+    for i, name in enumerate(analyzer.parameter_names):
+        entry = detail.parameters[name]
+        assert entry["status"] == statuses[i], name
+        np.testing.assert_allclose(entry["value"], values[i], rtol=1e-12, equal_nan=True, err_msg=name)
+    assert detail.parameters["a_mean_nm"]["unit"] == "nm"
+    assert detail.parameters["a_mean_nm"]["status"] == Status.OK
+    first_order = [p for p in detail.peaks if p.name.startswith("saxs_")]
+    assert len(first_order) == 4 and all(p.status == Status.OK for p in first_order)
+    for peak in detail.peaks:
+        assert np.isfinite(peak.values["q0_nm"]) == (peak.status == Status.OK)
+        if peak.status == Status.OK:
+            assert peak.errors["q0_nm"] > 0 and peak.reason == "ok"
+            np.testing.assert_allclose(peak.values["q0_nm"], values[analyzer.parameter_names.index(
+                f"{peak.name}.q0_nm")], rtol=1e-12)
+
+
+def test_peak_positions_on_the_detector_have_the_fitted_q_and_chi(served):
+    detail = served["details"][4]
+    q_nm, chi_deg = pixel_q_chi(served["geometry"])
+    for peak in detail.peaks:
+        if peak.status != Status.OK:
+            continue
+        row, col = peak.centre_px
+        r, c = int(round(row)), int(round(col))
+        # the nearest pixel centre is within half a pixel: its q and chi are close to the fit
+        assert abs(q_nm[r, c] - peak.values["q0_nm"]) < 0.02 * peak.values["q0_nm"]
+        assert abs((chi_deg[r, c] - peak.values["chi0_deg"] + 180) % 360 - 180) < 1.0
+        rows, cols = peak.ellipse_px
+        assert np.all(np.isfinite(rows)) and rows.size > 10
+        q_ring, chi_ring = np.broadcast_arrays(peak.values["q0_nm"] + peak.values["fwhm_q_nm"] / 2,
+                                               peak.values["chi0_deg"])
+        r0, c0 = pixel_of_q_chi(served["geometry"], q_ring, chi_ring)
+        assert abs(rows[0] - r0) < 1e-6 and abs(cols[0] - c0) < 1e-6  # angle 0 of the ellipse
+        outline_rows, outline_cols = peak.window_outline_px
+        assert np.nanmin(outline_rows) <= row <= np.nanmax(outline_rows)
+        assert np.nanmin(outline_cols) <= col <= np.nanmax(outline_cols)
+
+
+def test_inverse_geometry_on_a_tilted_detector(served):
+    geometry = dataclasses.replace(served["geometry"], rot1_rad=0.03, rot2_rad=-0.02, rot3_rad=0.1)
+    q_nm, chi_deg = pixel_q_chi(geometry)
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, geometry.shape[0], 200)
+    cols = rng.integers(0, geometry.shape[1], 200)
+    found_rows, found_cols = pixel_of_q_chi(geometry, q_nm[rows, cols], chi_deg[rows, cols] + 360.0)
+    far = np.hypot(rows - 1884, cols - 1835) > 30
+    np.testing.assert_allclose(found_rows[far], rows[far], atol=1e-3)
+    np.testing.assert_allclose(found_cols[far], cols[far], atol=1e-3)
+    unreachable = pixel_of_q_chi(geometry, np.array([1e4]), np.array([0.0]))
+    assert np.isnan(unreachable[0][0])
+
+
+def test_windows_hold_data_fit_and_residual(served):
+    detail = served["details"][4]
+    fitted = 0
+    for window, peak in zip(detail.windows, detail.peaks):
+        assert window.name == peak.name
+        assert window.mean_counts.shape == (window.q_centres_nm.size, window.chi_centres_deg.size)
+        if peak.status != Status.OK:
+            continue
+        fitted += 1
+        finite = np.isfinite(window.model) & np.isfinite(window.mean_counts)
+        assert finite.mean() > 0.5
+        np.testing.assert_allclose(window.residual[finite], (window.mean_counts - window.model)[finite],
+                                   rtol=1e-5, atol=1e-3)
+        # the fit describes the data: model and data correlate, the residual is smaller than the data
+        correlation = np.corrcoef(window.model[finite], window.mean_counts[finite])[0, 1]
+        assert correlation > 0.3, (peak.name, correlation)
+        assert np.std(window.residual[finite]) < np.std(window.mean_counts[finite])
+    assert fitted >= 4
+
+
+def test_frame_outside_the_crystal_has_missing_peaks_with_reasons(served):
+    assert isinstance(served["details"][0], FrameDetail)
+    detail = served["details"][EMPTY_FRAME]
+    assert isinstance(detail, FrameDetail)
+    missing = [p for p in detail.peaks if p.status != Status.OK]
+    assert len(missing) >= 4, [(p.name, p.reason) for p in detail.peaks]
+    assert detail.parameters["a_mean_nm"]["status"] != Status.OK
+    assert np.isnan(detail.parameters["a_mean_nm"]["value"])
+    for peak in missing:
+        assert peak.reason not in ("", "ok") and peak.centre_px is None and np.isnan(peak.values["i0"])
+
+
+def test_unknown_series_or_frame_and_bad_requests_get_error_replies(served):
+    client, server = served["client"], served["server"]
+    unknown_series = client.request(99, 0, timeout_ms=10000)
+    assert isinstance(unknown_series, DetailError) and "series 99" in unknown_series.message
+    unknown_frame = client.request(SERIES, 5, timeout_ms=10000)
+    assert isinstance(unknown_frame, DetailError) and "frame 5" in unknown_frame.message
+    socket = zmq.Context.instance().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(server.endpoint)
+    garbage = [[b"\xff\xfe not json"], [b"[1, 2]"], [b'{"series_id": 7}'], [b'{"series_id": true, "frame_index": 0}'],
+               [b'{"series_id": 7, "frame_index": -1}'], [b"{}", b"second part"]]
+    for request in garbage:
+        socket.send_multipart(request)
+        assert socket.poll(10000, zmq.POLLIN), request
+        reply = decode_detail_reply(socket.recv_multipart())
+        assert isinstance(reply, DetailError) and reply.kind == "server", (request, reply)
+    socket.close()
+    assert isinstance(client.request(SERIES, 4, timeout_ms=30000), FrameDetail)  # still serving
+
+
+def test_malformed_replies_are_protocol_errors():
+    for parts in ([b"detail", b"{}"], [b"detail", b"{}", b"", b"", b""], [b"what"], [b"error", b"not json"]):
+        reply = decode_detail_reply(parts)
+        assert isinstance(reply, DetailError) and reply.kind == "protocol", parts
+    assert decode_detail_reply(error_reply("because")) == DetailError("because", "server")
+
+
+def test_client_resets_its_socket_after_a_timeout():
+    context = zmq.Context.instance()
+    rep = context.socket(zmq.REP)
+    rep.setsockopt(zmq.LINGER, 0)
+    port = rep.bind_to_random_port("tcp://127.0.0.1")
+    client = FrameDetailClient(f"tcp://127.0.0.1:{port}")
+    result = client.request(1, 2, timeout_ms=200)
+    assert isinstance(result, DetailError) and result.kind == "timeout"
+    assert wire.loads(rep.recv()) == {"series_id": 1, "frame_index": 2}
+    rep.send_multipart(error_reply("late answer"))  # goes to the closed socket: dropped
+
+    def answer():
+        if rep.poll(10000, zmq.POLLIN):
+            request = wire.loads(rep.recv())
+            rep.send_multipart(error_reply(f"answer to {request['frame_index']}"))
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    second = client.request(1, 3, timeout_ms=10000)
+    thread.join()
+    assert second == DetailError("answer to 3", "server")
+    client.close()
+    rep.close()
+
+
+# -- the viewer's detail panel ---------------------------------------------------------------------
+def test_click_in_the_viewer_shows_the_fitted_numbers_of_that_frame(served, qtbot):
+    from PySide6 import QtCore
+
+    from viewer.app import ViewerWindow
+    from viewer.detail_panel import format_value, table_text
+
+    window = ViewerWindow(None, served["server"].endpoint)
+    qtbot.addWidget(window)
+    window.show()
+    grid = ScanGrid((3, 3), step_um=(0.5, 0.5))
+    names = served["cache"].parameter_names
+    values = np.full((len(names), 3, 3), np.nan, np.float32)
+    values[names.index("saxs_intensity")] = np.arange(9, dtype=np.float32).reshape(3, 3)
+    snapshot = MapSnapshot(SERIES, 1, tuple(names), grid, values, np.zeros(values.shape, np.uint8), 9)
+    window.show_snapshot(snapshot)
+    qtbot.waitExposed(window)
+    point = window.map_panel.widget_point_of(0.5, 0.5)  # grid point (1, 1) = frame 4
+    qtbot.mouseClick(window.map_panel.plot.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=point)
+    qtbot.waitUntil(lambda: window.detail.detail is not None, timeout=60000)
+    detail = window.detail.detail
+    assert (detail.series_id, detail.frame_index) == (SERIES, 4)
+    assert window.selected == (SERIES, 1, 1)
+    rows = table_text(window.detail.peak_table)
+    expected = served["details"][4]
+    assert [row[0] for row in rows] == [p.name for p in expected.peaks]
+    for row, peak in zip(rows, expected.peaks):
+        assert row[3] == format_value(peak.values["q0_nm"], peak.errors["q0_nm"])
+        assert row[1] == ("ok" if peak.status == Status.OK else peak.reason)
+    derived = {row[0]: row for row in table_text(window.detail.derived_table)}
+    a_mean = expected.parameters["a_mean_nm"]
+    assert derived["a_mean_nm"][1] == format_value(a_mean["value"], expected.parameters["a_mean_err_nm"]["value"])
+    assert "±" in derived["a_mean_nm"][1] and derived["a_mean_nm"][2] == "nm"
+    frame_view = window.detail.frame_view
+    assert frame_view.image_data.shape == expected.frame.shape
+    assert np.isnan(frame_view.image_data[expected.excluded]).all()
+    ok_peaks = [p for p in expected.peaks if p.status == Status.OK]
+    for peak in ok_peaks:
+        centre = frame_view.peak_items[peak.name][0].data
+        assert centre["x"][0] == pytest.approx(peak.centre_px[1] + 0.5)
+        assert centre["y"][0] == pytest.approx(peak.centre_px[0] + 0.5)
+    windows = {w.name: w for w in expected.windows}
+    for peak in ok_peaks:
+        for kind, data in (("data", windows[peak.name].mean_counts), ("fit", windows[peak.name].model)):
+            np.testing.assert_array_equal(window.detail.window_view.images[(peak.name, kind)].image, data)
+    ARTIFACTS.mkdir(exist_ok=True)
+    window.grab().save(str(ARTIFACTS / "viewer_detail_frame.png"))
+    window.detail.tabs.setCurrentIndex(1)
+    window.grab().save(str(ARTIFACTS / "viewer_detail_windows.png"))
+    window.detail.tabs.setCurrentIndex(2)
+    window.grab().save(str(ARTIFACTS / "viewer_detail_numbers.png"))
+    window.close()
