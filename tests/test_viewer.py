@@ -86,8 +86,17 @@ def publish_until_drawn(qtbot, socket, window, snapshot, timeout_s=10.0):
         qtbot.wait(60)
         shown = window.snapshot
         if shown is not None and (shown.series_id, shown.version) == (snapshot.series_id, snapshot.version):
+            qtbot.wait(50)  # let the view apply its new range and layout
             return
     raise AssertionError(f"the viewer never drew snapshot {snapshot.version}")
+
+
+def _mouse(viewport, kind, point, buttons):
+    """Send a real mouse event (QTest's mouseMove carries no buttons, so pyqtgraph sees no drag)."""
+    button = QtCore.Qt.MouseButton.NoButton if kind == QtCore.QEvent.Type.MouseMove else QtCore.Qt.MouseButton.LeftButton
+    event = QtGui.QMouseEvent(kind, QtCore.QPointF(point), QtCore.QPointF(viewport.mapToGlobal(point)),
+                              button, buttons, QtCore.Qt.KeyboardModifier.NoModifier)
+    QtWidgets.QApplication.sendEvent(viewport, event)
 
 
 def save(window, name: str) -> None:
@@ -205,8 +214,9 @@ def test_negative_steps_and_snake_clicks_and_hover_find_the_right_frame(qtbot, p
     viewport = window.map_panel.plot.viewport()
     for row, column in ((0, 0), (1, 0), (5, 7), (3, 2)):
         point = window.map_panel.widget_point_of(*position_um(grid, row, column))
-        qtbot.mouseMove(viewport, point)
-        qtbot.waitUntil(lambda: f"frame {grid.frame_index(row, column)})" in window.hover_label.text(), timeout=3000)
+        _mouse(viewport, QtCore.QEvent.Type.MouseMove, point, QtCore.Qt.MouseButton.NoButton)
+        qtbot.wait(100)
+        assert f"frame {grid.frame_index(row, column)})" in window.hover_label.text(), (row, column, point, window.hover_label.text(), window.map_panel.view_box.viewRange())
         qtbot.mouseClick(viewport, QtCore.Qt.MouseButton.LeftButton, pos=point)
         assert window.selected == (snapshot.series_id, row, column)
     qtbot.waitUntil(lambda: "no frame-detail endpoint" in window.detail.header.text(), timeout=3000)
@@ -321,12 +331,6 @@ def test_61_by_61_scan_at_200_frames_per_second_stays_responsive(qtbot, pub, win
 
 
 # -- region request -------------------------------------------------------------------------------
-def _mouse(viewport, kind, point, buttons):
-    event = QtGui.QMouseEvent(kind, QtCore.QPointF(point), QtCore.QPointF(viewport.mapToGlobal(point)),
-                              QtCore.Qt.MouseButton.LeftButton, buttons, QtCore.Qt.KeyboardModifier.NoModifier)
-    QtWidgets.QApplication.sendEvent(viewport, event)
-
-
 def test_rectangle_drawn_on_the_map_becomes_plan_arguments(qtbot, pub, window_on, tmp_path):
     socket, endpoint = pub
     window = window_on(endpoint)
