@@ -266,6 +266,8 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
             e for e in outcome.analysis_errors) and sum(outcome.analysis_errors.values()) >= outcome.results:
         raise CommandError(geometry_problems[0])
     print(outcome.summary.line() if outcome.summary else "frames: no accounting summary (series incomplete)")
+    for reason, count in (outcome.summary.reasons.items() if outcome.summary else ()):
+        print(f"warning: {count} message(s) not decodable: {reason}")
     for problem in outcome.problems:
         print(f"warning: {problem}")
     for error, count in outcome.analysis_errors.items():

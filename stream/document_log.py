@@ -136,6 +136,8 @@ class DocumentLog:
         self.garbage: Counter[str] = Counter()
         self.not_sent = 0
         self.latest_seq = 0
+        self._logged = 0  # documents handed to the log (their seqs are 1.._logged)
+        self.delivered_seq = 0  # the most any follower has confirmed having (its ``since``)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="braggmap-document-log", daemon=True)
         self._thread.start()
@@ -147,9 +149,19 @@ class DocumentLog:
             body = encode_document(doc)
             with self._outbox_lock:
                 self._outbox.send_multipart([str(name).encode(), body])
+                self._logged += 1
         except Exception:
             self.not_sent += 1
             log.exception("document %r could not be logged", name)
+
+    def wait_delivered(self, timeout_s: float) -> bool:
+        """Wait until a follower has every document logged so far; False on time-out."""
+        target, deadline = self._logged, time.monotonic() + timeout_s
+        while self.delivered_seq < target:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def close(self) -> None:
         self._stop.set()
@@ -217,6 +229,7 @@ class DocumentLog:
                 continue
             if publisher != self.uid:
                 since = 0  # a new follower, or one that followed a previous log: start over
+            self.delivered_seq = max(self.delivered_seq, since)
             self._parked[identity] = (since, time.monotonic())
 
     def _answer_parked(self) -> None:

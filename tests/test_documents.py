@@ -18,6 +18,7 @@ from ophyd.sim import SynAxis, det
 
 from analysis.status import Status
 from stream import wire
+from stream.accounting import SeriesAccounting
 from stream.collector import Collector
 from stream.document_log import DOCS, MAGIC, DocumentLog, encode_document
 from stream.documents import DOCUMENT, DocumentReceiver
@@ -184,8 +185,10 @@ class CollectorHarness:
                                                     values, statuses))
 
     def summary(self, series_id: int, n_frames: int) -> None:
-        summary = {"series_id": series_id, "expected": n_frames, "received": n_frames, "forwarded": n_frames,
-                   "workers": []}
+        accounting = SeriesAccounting(series_id, n_frames)
+        for k in range(n_frames):
+            accounting.record_frame(k)
+        summary = dict(accounting.summary("end").as_dict(), forwarded=n_frames, workers=[])
         self.push.send_multipart([wire.SUMMARY, wire.dumps(summary)])
 
     def documents(self, documents) -> None:

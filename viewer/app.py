@@ -69,9 +69,11 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.status = QtWidgets.QLabel("waiting for map snapshots")
         self.statusBar().addWidget(self.status, 1)
 
-        self.selector.parameter_changed.connect(lambda _name: self.redraw())
+        self._taking_snapshot = False
+        self.selector.parameter_changed.connect(self._on_parameter)
         self.auto_range.toggled.connect(lambda _on: self.redraw())
         self.map_panel.pixel_clicked.connect(self.select_pixel)
+        self.map_panel.levels_edited.connect(self._levels_edited)
         self.map_panel.pixel_hovered.connect(self._hover)
         self.map_panel.region_changed.connect(self.region_panel.set_region)
         self.region_panel.drawing_toggled.connect(self.map_panel.set_drawing)
@@ -109,12 +111,20 @@ class ViewerWindow(QtWidgets.QMainWindow):
     def show_snapshot(self, snapshot: MapSnapshot) -> None:
         new_series = self.snapshot is None or self.snapshot.series_id != snapshot.series_id
         self.snapshot = snapshot
-        self.selector.set_parameters(snapshot.parameters)
+        self._taking_snapshot = True  # one redraw per snapshot, not one more for a new parameter list
+        try:
+            self.selector.set_parameters(snapshot.parameters)
+        finally:
+            self._taking_snapshot = False
         self.region_panel.set_grid(snapshot.grid, snapshot.series_id)
         if new_series:
             self.selected = None
             self.map_panel.mark_pixel(None, None)
         self.redraw()
+
+    def _on_parameter(self, _name: str) -> None:
+        if not self._taking_snapshot:
+            self.redraw()
 
     def redraw(self) -> None:
         snapshot, name = self.snapshot, self.selector.current()
@@ -138,6 +148,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.status.setText(f"series {snapshot.series_id} snapshot {snapshot.version}: {snapshot.measured} of "
                             f"{snapshot.grid.n_points} points{' (final)' if snapshot.final else ''}; "
                             f"{skipped} snapshots skipped")
+
+    def _levels_edited(self, low: float, high: float) -> None:
+        """The user set the colour range on the bar: keep it for the next snapshots."""
+        self.auto_range.blockSignals(True)
+        self.auto_range.setChecked(False)
+        self.auto_range.blockSignals(False)
+        self.redraw()
 
     def _hover(self, row: int, column: int) -> None:
         snapshot, name = self.snapshot, self.selector.current()
@@ -202,4 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         QtCore.QTimer.singleShot(int(args.quit_after * 1000), app.quit)
     status = app.exec()
     window.close_connections()
+    # delete the window's C++ objects while the application still exists (letting Python's
+    # garbage collector do it at exit, in any order, can crash Qt)
+    window.deleteLater()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+    del window
     return status

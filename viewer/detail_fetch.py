@@ -60,7 +60,10 @@ class DetailFetcher(QtCore.QObject):
                 result = client.request(series_id, frame_index, self.timeout_ms)
                 if self._closed:
                     return
-                self.finished.emit(result)
+                try:
+                    self.finished.emit(result)
+                except RuntimeError:  # the window was deleted meanwhile
+                    return
         finally:
             client.close()
 

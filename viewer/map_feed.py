@@ -1,11 +1,13 @@
 """The viewer's side of the published map state: a Qt timer takes the newest snapshot at most
-``rate_hz`` times a second. The SUB socket keeps only a few messages and
+``rate_hz`` times a second (it ticks twice as often and hands on a snapshot only when
+1 / ``rate_hz`` has passed since the last one). The SUB socket keeps only a few messages and
 :meth:`stream.published_state.MapSubscriber.latest` drains them, so a slow viewer drops
 snapshots and never slows the service."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from PySide6 import QtCore
 
@@ -39,8 +41,10 @@ class SnapshotFeed(QtCore.QObject):
         self.received = 0
         self.skipped = 0
         self._last: tuple[int, int] | None = None
+        self.min_interval_s = 1.0 / rate_hz
+        self._last_emit = -float("inf")
         self.timer = QtCore.QTimer(self)
-        self.timer.setInterval(int(round(1000.0 / rate_hz)))
+        self.timer.setInterval(max(1, int(500.0 / rate_hz)))
         self.timer.timeout.connect(self.poll)
 
     def start(self) -> None:
@@ -50,7 +54,10 @@ class SnapshotFeed(QtCore.QObject):
         self.timer.stop()
 
     def poll(self) -> MapSnapshot | None:
-        """Take the newest waiting snapshot (never waits) and emit it."""
+        """Take the newest waiting snapshot (never waits) and emit it, unless one was emitted
+        less than 1 / ``rate_hz`` ago (the messages then wait for the next tick)."""
+        if time.monotonic() - self._last_emit < self.min_interval_s:
+            return None
         newest = self.subscriber.latest(0)
         if newest is None:
             return None
@@ -60,6 +67,7 @@ class SnapshotFeed(QtCore.QObject):
             self.skipped += max(0, newest.version - self._last[1] - 1)
         self._last = (newest.series_id, newest.version)
         self.received += 1
+        self._last_emit = time.monotonic()
         self.snapshot.emit(newest)
         return newest
 

@@ -53,8 +53,11 @@ class MapPanel(QtWidgets.QWidget):
         Map pixel under the mouse (hover sends (-1, -1) outside the map).
     region_changed(x_low, x_high, y_low, y_high)
         The drawn (or adjusted) rectangle, um.
+    levels_edited(low, high)
+        The user dragged the colour bar's handles.
     """
 
+    levels_edited = QtCore.Signal(float, float)
     pixel_clicked = QtCore.Signal(int, int)
     pixel_hovered = QtCore.Signal(int, int)
     region_changed = QtCore.Signal(float, float, float, float)
@@ -67,8 +70,9 @@ class MapPanel(QtWidgets.QWidget):
         self.view_box.setAspectLocked(True)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.plot_item.addItem(self.image)
-        self.colour_bar = pg.ColorBarItem(colorMap=COLOUR_MAP, interactive=False, width=18)
+        self.colour_bar = pg.ColorBarItem(colorMap=COLOUR_MAP, interactive=True, width=18)
         self.colour_bar.setImageItem(self.image, insert_in=self.plot_item)
+        self.colour_bar.sigLevelsChangeFinished.connect(self._on_colour_bar)
         self.marker = pg.ScatterPlotItem(size=12, symbol="s", pen=pg.mkPen("r", width=2), brush=None)
         self.plot_item.addItem(self.marker)
         self.region_roi: pg.RectROI | None = None
@@ -96,7 +100,7 @@ class MapPanel(QtWidgets.QWidget):
         self.image.setImage(drawn, levels=shown_levels, autoLevels=False)
         self.image.setRect(QtCore.QRectF(self.placement.x0_um, self.placement.y0_um,
                                          self.placement.width_um, self.placement.height_um))
-        self.colour_bar.setLevels(shown_levels)
+        self._set_bar_levels(shown_levels)
         self.colour_bar.getAxis("left").setLabel(colour_label)
         self.plot_item.setTitle(title)
         if new_grid:
@@ -107,7 +111,17 @@ class MapPanel(QtWidgets.QWidget):
     def set_levels(self, levels: tuple[float, float]) -> None:
         self.levels = levels
         self.image.setLevels(levels)
+        self._set_bar_levels(levels)
+
+    def _set_bar_levels(self, levels: tuple[float, float]) -> None:
+        # dragging the handles moves the levels in steps of `rounding`: a small part of the range
+        self.colour_bar.rounding = max(abs(levels[1] - levels[0]) / 500.0, 1e-12)
         self.colour_bar.setLevels(levels)
+
+    def _on_colour_bar(self, *_args) -> None:
+        low, high = (float(v) for v in self.colour_bar.levels())
+        self.levels = (low, high)
+        self.levels_edited.emit(low, high)
 
     def mark_pixel(self, row: int | None, column: int | None) -> None:
         """Outline the selected pixel (None clears)."""

@@ -34,15 +34,18 @@ class MotorRange:
                 "step_um": self.step_um}
 
 
-def motor_range(name: str, low_um: float, high_um: float, step_um: float) -> MotorRange:
+def motor_range(name: str, low_um: float, high_um: float, step_um: float, snap: bool = True) -> MotorRange:
     """Points every ``step_um`` from ``low_um`` covering ``[low_um, high_um]`` (the last point
-    at or just below ``high_um``; at least one point)."""
+    at or just below ``high_um``; at least one point). With ``snap`` both ends first move to
+    the nearest multiple of the step (a rectangle drawn by hand has arbitrary corners)."""
     step = abs(float(step_um))
     if not (math.isfinite(step) and step > 0):
         raise ConfigurationError(f"scan step {step_um!r} um for motor {name} must be a positive number")
     low, high = sorted((float(low_um), float(high_um)))
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ConfigurationError(f"scan range [{low_um}, {high_um}] um for motor {name} is not finite")
+    if snap:
+        low, high = round(low / step) * step, round(high / step) * step
     num = int(math.floor((high - low) / step + 1e-9)) + 1
     return MotorRange(name, round(low, 6), round(low + (num - 1) * step, 6), num, round(step, 6))
 

@@ -1,0 +1,123 @@
+"""Per-frame cost of the whole analysis on synthetic EIGER X 4M frames, stage by stage.
+
+Prints decode (bitshuffle-LZ4 of a 4M uint32 frame), regroup, fits of all configured peaks,
+derived quantities, and the whole ``FrameAnalyzer.analyse``, plus the reference pipeline a user
+would write with the peer tools (dectris-compression decode, pyFAI integrate2d onto a polar grid
+per peak window, scipy curve_fit of the same peaks) and the ratio. Figures go to BENCHMARKS.md.
+
+Run: ``.venv/bin/python bench/bench_frame.py [--frames N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def median_ms(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return 1e3 * float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=10, help="frames timed per stage (median)")
+    args = parser.parse_args()
+
+    import logging
+
+    logging.getLogger("silx").setLevel(logging.ERROR)
+    from dectris.compression import decompress as dectris_decompress
+    from scipy.optimize import curve_fit
+
+    from analysis.frame_analysis import FrameAnalyzer
+    from analysis.gauss2d_model import gauss2d_model
+    from analysis.regroup_kernel import regroup_frame
+    from simulators.synthetic_scan import SyntheticScan, SyntheticScanConfig
+    from stream.analysis_setup import AnalysisSetup
+    from stream.codecs import compress, decompress
+    from stream.config_files import load_geometry, load_peak_model
+
+    scan = SyntheticScan(SyntheticScanConfig())
+    inside = np.argwhere(scan.truth.maps["sc_mask"] > 0)
+    frame = scan.frame(scan.grid.frame_index(*inside[len(inside) // 2]))
+    payload = compress(frame, "bslz4")
+    setup = AnalysisSetup.default()
+    geometry, model = load_geometry(setup.poni_path), load_peak_model(setup.peaks_path)
+    analyzer = FrameAnalyzer(geometry, model, pixel_mask=scan.pixel_mask,
+                             background=scan.renderer.background_expected, williamson_hall_L_nm=6.8)
+    analyzer.warm_up()
+    values = np.empty(len(analyzer.parameter_names))
+    statuses = np.empty(values.shape, np.int32)
+    out = np.empty(frame.shape, frame.dtype)
+    n = args.frames
+
+    ours = {
+        "decode (bitshuffle C, into a reused buffer)": lambda: decompress(payload, "bslz4", "uint32", frame.shape, out=out),
+        "regroup (Numba, all windows + SAXS region)": lambda: regroup_frame(
+            frame, analyzer.table, invalid_value=2**32 - 1, background=analyzer.background, out=analyzer.buffers),
+        "fit all 8 peaks (Numba LM, batched)": lambda: analyzer.fitter.fit(analyzer.buffers.mean_counts,
+                                                                             analyzer.buffers.variance),
+        "analyse (regroup + fits + physics)": lambda: analyzer.analyse(frame, values, statuses, accumulate=False),
+    }
+    fits = analyzer.fitter.fit(analyzer.buffers.mean_counts, analyzer.buffers.variance)
+    derive = lambda: analyzer.derive(fits)  # noqa: E731
+    ours["derive physics (a1, a2, gamma, phi, psi, WH...)"] = derive
+
+    integrator = geometry.integrator()
+    mask = (frame == 2**32 - 1) | (scan.pixel_mask != 0)
+    table = analyzer.table
+
+    def reference_pipeline() -> None:
+        image = np.frombuffer(dectris_decompress(payload, "bslz4", elem_size=4), np.uint32).reshape(frame.shape)
+        for window in range(table.n_windows):
+            n_q, n_chi = int(table.n_q_per_window[window]), int(table.n_chi_per_window[window])
+            q_edges, chi_edges = table.q_edges_nm[window], table.chi_edges_deg[window]
+            result = integrator.integrate2d_ng(image, n_q, n_chi, unit="q_nm^-1", mask=mask,
+                                               radial_range=(q_edges[0], q_edges[n_q]),
+                                               azimuth_range=(-chi_edges[n_chi], -chi_edges[0])
+                                               if chi_edges[n_chi] <= 180 else None,
+                                               correctSolidAngle=False, method=("no", "histogram", "cython"))
+            intensity = np.asarray(result.intensity, dtype=np.float64)[::-1].T  # (n_q, n_chi)
+            q, chi = np.asarray(result.radial), -np.asarray(result.azimuthal)[::-1]
+            good = np.isfinite(intensity) & (intensity != 0)
+            grid_q, grid_chi = np.meshgrid(q, chi, indexing="ij")
+            p0 = [float(np.nansum(intensity)) * (q[1] - q[0]) * abs(chi[1] - chi[0]), q.mean(), chi.mean(),
+                  (q[-1] - q[0]) / 8, (chi[-1] - chi[0]) / 8, 0.0, 0.0]
+
+            def model(xy, *p):
+                return gauss2d_model(np.asarray(p), xy[0][:, 0], xy[1][0, :]).ravel()
+
+            try:
+                curve_fit(lambda _x, *p: model((grid_q, grid_chi), *p)[good.ravel()], None,
+                          intensity[good], p0=p0, maxfev=2000)
+            except (RuntimeError, ValueError):
+                pass
+
+    print(f"os.cpu_count() = {os.cpu_count()}; EIGER X 4M frame {frame.shape} uint32, "
+          f"payload {len(payload) / 1e6:.2f} MB, {table.n_windows} peak windows, "
+          f"{table.n_entries} table entries; median of {n} runs")
+    results = {}
+    for name, function in ours.items():
+        results[name] = median_ms(function, n)
+        print(f"  ours       {name:52s} {results[name]:8.2f} ms")
+    decode_ref = median_ms(lambda: dectris_decompress(payload, "bslz4", elem_size=4), n)
+    print(f"  reference  {'decode (dectris-compression)':52s} {decode_ref:8.2f} ms")
+    reference = median_ms(reference_pipeline, max(3, n // 3))
+    print(f"  reference  {'decode + pyFAI integrate2d + curve_fit, 8 peaks':52s} {reference:8.2f} ms")
+    full = results["decode (bitshuffle C, into a reused buffer)"] + results["analyse (regroup + fits + physics)"]
+    print(f"  ours       {'decode + analyse':52s} {full:8.2f} ms = {1e3 / full:.0f} frames/s per core")
+    print(f"  ratio reference / ours: {reference / full:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
