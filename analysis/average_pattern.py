@@ -121,7 +121,7 @@ def apply_broadening(maps: MapState, L_nm: float, K: float, peak_names: tuple[st
     broadening = frame_broadening(peak_fits_from_maps(maps, waxs), L_nm, K, peaks=waxs)
     values, statuses = broadening.map_values()
     measured = maps.measured_count > 0
-    for name in ("g_q", "delta_psi_deg"):
+    for name in ("g_q", "delta_psi_deg", "orientational_disorder_deg"):
         ok = measured & (statuses[name] == Status.OK)
         maps.values[name][:] = np.where(ok, values[name], np.nan)
         maps.statuses[name][:] = np.where(measured, statuses[name], Status.NOT_MEASURED)

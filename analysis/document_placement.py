@@ -9,7 +9,8 @@ as ``bluesky.plans.grid_scan`` writes them) and which detector series it drives
   point, placed by shape and snaking. Without a detector field the frame is ``seq_num - 1``.
 * **fly** scans (``braggmap_scan_mode: "fly"``): the detector's own events give each frame's
   time; the motors' timestamped readings (monitor streams, row readings) are interpolated at that
-  time and the frame goes to the nearest grid point.
+  time and the frame goes to the nearest grid point. A frame waits until every motor was read at
+  or after its time (a motor read with no newer readback had not moved since its last one).
 
 Positions are in the motors' units; descriptors' ``units`` (``um``, ``mm``, ``nm``) convert the
 grid to micrometres (no unit: micrometres assumed). Relative scans get their origin from the
@@ -212,6 +213,7 @@ class RunDocuments:
     point_of_frame: dict[int, int] = field(default_factory=dict)
     time_of_frame: dict[int, float] = field(default_factory=dict)
     readings: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    observed_until: dict[str, float] = field(default_factory=dict)
     unit_to_um: list[float] = field(default_factory=lambda: [1.0, 1.0])
     origin: tuple[float, float] | None = None
     stopped: bool = False
@@ -273,11 +275,10 @@ class RunDocuments:
         event_time = float(doc["time"])
         for motor in self.readings:
             if motor in data:
-                value = float(data[motor])
                 stamp = float(timestamps.get(motor, event_time))
-                self.readings[motor].append((stamp, value))
-                if event_time > stamp:  # the reading also says where the motor still was at event time
-                    self.readings[motor].append((event_time, value))
+                self.readings[motor].append((stamp, float(data[motor])))
+                # read at event time with no newer readback: the motor had not moved since
+                self.observed_until[motor] = max(self.observed_until.get(motor, stamp), stamp, event_time)
                 self._sorted.pop(motor, None)
         if stream.series_key and stream.series_key in data and self.detector_series is None:
             self.detector_series = int(data[stream.series_key])
@@ -317,8 +318,8 @@ class RunDocuments:
             order = np.argsort(array[:, 0], kind="stable")
             self._sorted[motor] = (array[order, 0], array[order, 1])
         times, values = self._sorted[motor]
-        if times[-1] < time_s and not self.stopped:
-            return None  # the motor may still be moving: wait for a later reading
+        if self.observed_until[motor] < time_s and not self.stopped:
+            return None  # the motor may have moved since: wait for a later reading
         return float(np.interp(time_s, times, values))
 
     def pixel(self, frame_index: int) -> tuple[int, int] | None:

@@ -142,6 +142,6 @@ class FrameAnalyzer:
         if self.L_nm is None:
             shape = fits.frame_shape
             pending = np.full(shape, int(Status.PENDING_AVERAGE), dtype=np.int32)
-            return ({"g_q": np.full(shape, np.nan), "delta_psi_deg": np.full(shape, np.nan)},
-                    {"g_q": pending, "delta_psi_deg": pending})
+            names = ("g_q", "delta_psi_deg", "orientational_disorder_deg")
+            return {n: np.full(shape, np.nan) for n in names}, {n: pending for n in names}
         return frame_broadening(fits, self.L_nm, self.K).map_values()

@@ -141,6 +141,8 @@ def map_parameters(peak_names: Iterable[str]) -> tuple[MapParameter, ...]:
                 out += _p("b_nm", "nm", "Hiller b = 2 pi a / sqrt(a^2 q0(110)^2 - 4 pi^2)")
         out += _p("g_q", "1", "lattice distortion g_q from radial widths, L fixed (fraction)")
         out += _p("delta_psi_deg", "deg", "orientational spread delta_psi from azimuthal widths, L fixed")
+        out += _p("orientational_disorder_deg", "deg", "Hiller S4-S8 orientational disorder: azimuthal FWHM "
+                  "without the size (L) and microstrain (g_q) terms, mean over the WAXS peaks")
     for peak in names:
         for quantity in PEAK_QUANTITIES:
             out += _p(f"{peak}.{quantity}", _PEAK_UNITS[quantity], f"{peak}: {_PEAK_DESCRIPTIONS[quantity]}",

@@ -211,6 +211,10 @@ class FrameBroadening:
     g_q_status, delta_psi_status : int32
     g_q_n_peaks, delta_psi_n_peaks : int32
         Peaks used in each mean.
+    orientational_disorder_deg : float64
+        Hiller SI S4-S8: mean over the peaks of the azimuthal FWHM left after removing the size
+        (2 pi K / (L q0)) and microstrain (g_q) terms in quadrature, degrees.
+    orientational_disorder_status : int32
     """
 
     g_q: np.ndarray
@@ -219,11 +223,15 @@ class FrameBroadening:
     delta_psi_status: np.ndarray
     g_q_n_peaks: np.ndarray
     delta_psi_n_peaks: np.ndarray
+    orientational_disorder_deg: np.ndarray
+    orientational_disorder_status: np.ndarray
 
     def map_values(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Values and statuses keyed by map parameter name."""
-        return ({"g_q": self.g_q, "delta_psi_deg": self.delta_psi_deg},
-                {"g_q": self.g_q_status, "delta_psi_deg": self.delta_psi_status})
+        return ({"g_q": self.g_q, "delta_psi_deg": self.delta_psi_deg,
+                 "orientational_disorder_deg": self.orientational_disorder_deg},
+                {"g_q": self.g_q_status, "delta_psi_deg": self.delta_psi_status,
+                 "orientational_disorder_deg": self.orientational_disorder_status})
 
 
 def frame_broadening(fits: PeakFits, L_nm: float, K: float = K_CUBE,
@@ -246,7 +254,23 @@ def frame_broadening(fits: PeakFits, L_nm: float, K: float = K_CUBE,
     w_chi = np.stack([fits.get("fwhm_chi_deg", name) for name in peaks], axis=-1)
     g_q, g_status, g_n = radial_distortion(q, w_q, present, L_nm, K)
     dpsi, d_status, d_n = orientation_spread_deg(q, w_chi, present, L_nm, K)
-    return FrameBroadening(g_q, dpsi, g_status, d_status, g_n, d_n)
+    disorder, disorder_status = _mean_orientational_disorder(w_chi, q, present, g_q, g_status, L_nm, K)
+    return FrameBroadening(g_q, dpsi, g_status, d_status, g_n, d_n, disorder, disorder_status)
+
+
+def _mean_orientational_disorder(w_chi_deg, q_nm, present, g_q, g_status, L_nm: float, K: float):
+    """Hiller's orientational disorder of each present peak (s = L, eps = g_q), averaged."""
+    strain = np.where(g_status == Status.OK, g_q, np.nan)[..., None]
+    per_peak, per_status = orientational_disorder_deg(np.where(present, w_chi_deg, np.nan), L_nm, q_nm, strain, K)
+    ok = per_status == Status.OK
+    count = ok.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(count > 0, np.where(ok, per_peak, 0.0).sum(axis=-1) / np.maximum(count, 1), np.nan)
+    # no usable peak: NEGATIVE_RADICAND if some peak had one, else MISSING_PEAK
+    negative = ((per_status == Status.NEGATIVE_RADICAND) & present).any(axis=-1)
+    status = np.where(count > 0, int(Status.OK),
+                      np.where(negative, int(Status.NEGATIVE_RADICAND), int(Status.MISSING_PEAK)))
+    return value, status.astype(np.int32)
 
 
 def fit_williamson_hall_peaks(fits: PeakFits, K: float = K_CUBE,

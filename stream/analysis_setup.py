@@ -142,7 +142,7 @@ class AverageAnalysis:
             if wh.status == Status.OK:
                 apply_broadening(maps, float(wh.L_nm), analyzer.K, analyzer.peak_model.peak_names)
             else:
-                for name in ("g_q", "delta_psi_deg"):
+                for name in ("g_q", "delta_psi_deg", "orientational_disorder_deg"):
                     if name in maps.statuses:
                         pending = maps.statuses[name] == Status.PENDING_AVERAGE
                         maps.statuses[name][pending] = wh.status

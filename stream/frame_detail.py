@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from analysis.errors import BraggmapError, ProtocolError
+from analysis.errors import BraggmapError, ConfigurationError, ProtocolError
 from stream import codecs, wire
 from stream.frame_detail_reply import (DETAIL, ERROR, FRAME_CODEC, DetailError, FrameDetail, PeakDetail,
                                        WindowDetail, decode_detail_reply, encode_detail_reply, error_reply)
@@ -75,7 +75,11 @@ class DetailServer:
         self.socket = (context or zmq.Context.instance()).socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        self.socket.bind(_bindable(endpoint))
+        try:
+            self.socket.bind(_bindable(endpoint))
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            raise ConfigurationError(f"frame-detail endpoint {endpoint!r} cannot be bound: {exc}") from exc
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0

@@ -111,8 +111,12 @@ class Service:
         )
         self.collector.start()
         if self.frame_store is not None:
-            self.detail_server = DetailServer(config.detail_endpoint, self.frame_store,
-                                              config.setup.analyzer_cache).start()
+            try:
+                self.detail_server = DetailServer(config.detail_endpoint, self.frame_store,
+                                                  config.setup.analyzer_cache).start()
+            except BraggmapError:
+                self.stop()
+                raise
         self.ingest.start()
         if config.documents_endpoint:
             self.documents = DocumentReceiver(config.documents_endpoint, self.collector.endpoint).start()

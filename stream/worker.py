@@ -52,7 +52,6 @@ class Worker:
         self.analyzer = None
         self.series_problem: str | None = None
         self.saturation_value: float | None = None
-        self._buffers: dict[tuple, np.ndarray] = {}
         self.frames_done = 0
 
     def run(self) -> None:
@@ -111,13 +110,6 @@ class Worker:
         average.reset()
         return parts
 
-    def _buffer(self, shape, dtype) -> np.ndarray:
-        key = (tuple(shape), dtype)
-        if key not in self._buffers:
-            self._buffers.clear()
-            self._buffers[key] = np.empty(shape, dtype=dtype)
-        return self._buffers[key]
-
     def _on_frame(self, parts) -> list[bytes]:
         started_ns = time.time_ns()
         meta: dict = {}
@@ -130,8 +122,8 @@ class Worker:
             if self.analyzer is None:
                 raise BraggmapError(self.series_problem or "no analyzer for this series")
             try:
-                frame = decompress(payload, meta["compression"], meta["dtype"], meta["shape"],
-                                   out=self._buffer(meta["shape"], meta["dtype"]))
+                # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
+                frame = decompress(payload, meta["compression"], meta["dtype"], meta["shape"])
             except BraggmapError as exc:
                 statuses[:] = Status.UNDECODABLE
                 raise

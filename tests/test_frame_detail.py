@@ -336,3 +336,16 @@ def test_click_in_the_viewer_shows_the_fitted_numbers_of_that_frame(served, qtbo
     window.detail.tabs.setCurrentIndex(2)
     window.grab().save(str(ARTIFACTS / "viewer_detail_numbers.png"))
     window.close()
+
+
+def test_an_endpoint_in_use_is_a_readable_error(tmp_path):
+    from analysis.errors import ConfigurationError
+
+    store = FrameStore(directory=str(tmp_path))
+    first = DetailServer("tcp://127.0.0.1:0", store, lambda: None)
+    try:
+        with pytest.raises(ConfigurationError, match="frame-detail endpoint .* cannot be bound"):
+            DetailServer(first.endpoint, store, lambda: None)
+    finally:
+        first.socket.close(linger=0)
+        store.close()

@@ -148,10 +148,10 @@ def test_fixed_colour_ranges_and_manual_levels(qtbot, pub, window_on):
     bar.setLevels((1.0, 2.0))  # as the user's drag of the handles does, then releases them:
     bar.sigLevelsChangeFinished.emit(bar)
     assert not window.auto_range.isChecked()
-    window.selector.select("gamma_deg")
     publish_until_drawn(qtbot, socket, window, crystal_snapshot(version=2))
     assert window.map_panel.levels == (1.0, 2.0) and tuple(window.map_panel.image.getLevels()) == (1.0, 2.0)
-    window.auto_range.setChecked(True)
+    window.selector.select("gamma_deg")  # another unit: back to the automatic range
+    assert window.auto_range.isChecked()
     finite = window.snapshot.map("gamma_deg")
     finite = finite[np.isfinite(finite)].astype(np.float64)
     assert window.map_panel.levels == pytest.approx(tuple(np.percentile(finite, [2, 98])))

@@ -128,7 +128,13 @@ def test_frame_broadening_from_peak_fits_with_missing_peak():
                              for w, q in ((12.0, 10.93), (10.0, 21.90), (11.0, 15.44))])
     assert result.delta_psi_deg == pytest.approx(math.degrees(expected_dpsi)) and result.delta_psi_n_peaks == 3
     values, statuses = result.map_values()
-    assert set(values) == {"g_q", "delta_psi_deg"} and statuses["g_q"] == Status.OK
+    assert set(values) == {"g_q", "delta_psi_deg", "orientational_disorder_deg"} and statuses["g_q"] == Status.OK
+    # Hiller S4-S8 per present peak with s = L and eps = g_q, then the mean
+    expected_disorder = np.mean([math.degrees(math.sqrt(math.radians(w) ** 2 - (2 * math.pi * K / (L_nm * q)) ** 2
+                                                         - expected_g ** 2))
+                                 for w, q in ((12.0, 10.93), (10.0, 21.90), (11.0, 15.44))])
+    assert result.orientational_disorder_deg == pytest.approx(expected_disorder)
+    assert statuses["orientational_disorder_deg"] == Status.OK
 
 
 def test_fit_from_peak_fits_average_pattern():

@@ -123,8 +123,13 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.redraw()
 
     def _on_parameter(self, _name: str) -> None:
-        if not self._taking_snapshot:
-            self.redraw()
+        if self._taking_snapshot:
+            return
+        # another parameter, another unit: a colour range set by hand no longer applies
+        self.auto_range.blockSignals(True)
+        self.auto_range.setChecked(True)
+        self.auto_range.blockSignals(False)
+        self.redraw()
 
     def redraw(self) -> None:
         snapshot, name = self.snapshot, self.selector.current()
