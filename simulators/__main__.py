@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(subparsers)
+    from simulators.beamline import add_beamline_parser
+
+    add_beamline_parser(subparsers)
     synthesize = subparsers.add_parser(
         "synthesize", help="write (or find in the cache) the synthetic supercrystal scan",
         description="Generate the default synthetic 25 x 25 supercrystal scan once (EIGER master + data "

@@ -69,6 +69,8 @@ class TimedMotor(PVGroup):
             velocity, t_move = float(fields.velocity.value), time.time()
             distance = target - start
             duration = abs(distance) / velocity if velocity > 0 else 0.0
+            if fields.stop.value:  # STOP is momentary: one written while idle does not stop this move
+                await fields.stop.write(0)
             await fields.done_moving_to_value.write(0)
             await fields.motor_is_moving.write(1)
             while True:

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="EIGER stream version")
     demo.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as possible)")
     demo.add_argument("--cache-dir", type=Path, help="where the synthetic scan is cached")
+    demo.add_argument("--bluesky", action="store_true",
+                      help="run the raster through a bluesky RunEngine (simulated beamline, ophyd.sim stage); the "
+                           "service places frames from the run documents, on the real motor axes")
     demo.add_argument("--no-viewer", action="store_true",
                       help="do not open the live viewer (it opens when a display exists)")
 
@@ -205,6 +208,19 @@ def _start_simulator(master: Path, protocol: str, rate: float | None, series_id:
     return process, line.split()[1]
 
 
+def _start_beamline(master: Path, protocol: str) -> tuple[subprocess.Popen, str, str]:
+    """Start the simulated beamline (RunEngine raster over ``master``'s frames); returns it, its
+    detector stream endpoint and its document log endpoint."""
+    command = _simulator_command("beamline", str(master), "--protocol", protocol, "--wait-for-peers", "300")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [process.stdout.readline(), process.stdout.readline()]
+    if not (lines[0].startswith("endpoint ") and lines[1].startswith("documents ")):
+        process.wait(30)
+        raise CommandError(_last_error_line(process.stderr.read() or "".join(lines),
+                                            "the simulated beamline did not start"))
+    return process, lines[0].split()[1], lines[1].split()[1]
+
+
 def _viewer_command(maps_endpoint: str, detail_endpoint: str | None) -> list[str]:
     command = [sys.executable, "-m", "viewer", "--maps", maps_endpoint]
     return command + ["--detail", detail_endpoint] if detail_endpoint else command
@@ -230,9 +246,14 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
     from stream.progress import ProgressLine
     from stream.service import Service, ServiceConfig, ServiceError
 
-    simulator, endpoint = _start_simulator(master, args.protocol, args.rate, 1, appendix)
+    documents = None
+    if getattr(args, "bluesky", False):
+        simulator, endpoint, documents = _start_beamline(master, args.protocol)
+    else:
+        simulator, endpoint = _start_simulator(master, args.protocol, args.rate, 1, appendix)
     config = ServiceConfig(setup=setup, detector_endpoint=endpoint, protocol=args.protocol,
-                           n_workers=args.workers, grid=grid, overflow="block", series_timeout_s=60.0)
+                           n_workers=args.workers, grid=grid, overflow="block", series_timeout_s=60.0,
+                           documents_endpoint=documents)
     service = Service(config)
     written: list[tuple[Path, Path]] = []
     failures: list[str] = []

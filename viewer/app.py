@@ -135,6 +135,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         snapshot, name = self.snapshot, self.selector.current()
         if snapshot is None or name is None:
             return
+        self.redraw_times.append(time.monotonic())  # when the redraw starts: the feed caps these
         values = snapshot.map(name)
         info = self.selector.info[name]
         if self.auto_range.isChecked() or self.map_panel.levels is None:
@@ -148,7 +149,6 @@ class ViewerWindow(QtWidgets.QMainWindow):
         saxs = snapshot.map(INTENSITY_PARAMETER) if INTENSITY_PARAMETER in snapshot.parameters else None
         self.profile.show_profile(values, saxs, snapshot.grid, label)
         self.redraws += 1
-        self.redraw_times.append(time.monotonic())
         skipped = self.feed.skipped if self.feed is not None else 0
         self.status.setText(f"series {snapshot.series_id} snapshot {snapshot.version}: {snapshot.measured} of "
                             f"{snapshot.grid.n_points} points{' (final)' if snapshot.final else ''}; "
