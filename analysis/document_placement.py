@@ -214,6 +214,7 @@ class RunDocuments:
     time_of_frame: dict[int, float] = field(default_factory=dict)
     readings: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     observed_until: dict[str, float] = field(default_factory=dict)
+    held: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
     unit_to_um: list[float] = field(default_factory=lambda: [1.0, 1.0])
     origin: tuple[float, float] | None = None
     stopped: bool = False
@@ -229,6 +230,7 @@ class RunDocuments:
         if not self.layout.relative:
             self.origin = (0.0, 0.0)
         self.readings = {m: [] for m in self.layout.motors if m}
+        self.held = {m: [] for m in self.readings}
         self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- documents ------------------------------------------------------------------------------
@@ -275,9 +277,10 @@ class RunDocuments:
         event_time = float(doc["time"])
         for motor in self.readings:
             if motor in data:
-                stamp = float(timestamps.get(motor, event_time))
-                self.readings[motor].append((stamp, float(data[motor])))
-                # read at event time with no newer readback: the motor had not moved since
+                stamp, value = float(timestamps.get(motor, event_time)), float(data[motor])
+                self.readings[motor].append((stamp, value))
+                if event_time > stamp:  # still at that value when read, unless another readback says otherwise
+                    self.held[motor].append((stamp, event_time, value))
                 self.observed_until[motor] = max(self.observed_until.get(motor, stamp), stamp, event_time)
                 self._sorted.pop(motor, None)
         if stream.series_key and stream.series_key in data and self.detector_series is None:
@@ -316,7 +319,19 @@ class RunDocuments:
                 return None
             array = np.asarray(samples, dtype=np.float64)
             order = np.argsort(array[:, 0], kind="stable")
-            self._sorted[motor] = (array[order, 0], array[order, 1])
+            times, values = array[order, 0], array[order, 1]
+            # a reading made after its readback's timestamp holds the value until the read, unless a
+            # readback in between (the motor moving) says otherwise
+            extra = []
+            for stamp, read_at, value in self.held[motor]:
+                between = values[np.searchsorted(times, stamp, "right"):np.searchsorted(times, read_at, "right")]
+                if np.all(between == value):
+                    extra.append((read_at, value))
+            if extra:
+                array = np.concatenate([np.stack([times, values], axis=1), np.asarray(extra)])
+                order = np.argsort(array[:, 0], kind="stable")
+                times, values = array[order, 0], array[order, 1]
+            self._sorted[motor] = (times, values)
         times, values = self._sorted[motor]
         if self.observed_until[motor] < time_s and not self.stopped:
             return None  # the motor may have moved since: wait for a later reading

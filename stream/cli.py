@@ -231,12 +231,27 @@ def _display_available() -> bool:
 
 
 def _start_demo_viewer(service) -> None:
-    """Open the viewer on the demo's service (its own session: it stays open after the demo)."""
+    """Open the viewer on the demo's service (its own session: it stays open after the demo).
+
+    Its output goes to a log file, not to the demo's terminal or pipe; a viewer that cannot
+    start (no usable display, missing Qt system libraries) is reported in one line."""
     if service.publish_endpoint is None:
         return
-    subprocess.Popen(_viewer_command(service.publish_endpoint, service.detail_endpoint),
-                     stdout=subprocess.DEVNULL, start_new_session=True)
-    print("braggmap demo: the live viewer is opening (close it when done)", flush=True)
+    log_path = Path(tempfile.gettempdir()) / f"braggmap-viewer-{os.getpid()}.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(_viewer_command(service.publish_endpoint, service.detail_endpoint),
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                                   start_new_session=True)
+    try:
+        process.wait(3)
+    except subprocess.TimeoutExpired:
+        print(f"braggmap demo: the live viewer is open (close it when done; its log: {log_path})", flush=True)
+        return
+    lines = [line.strip() for line in log_path.read_text().splitlines() if line.strip()]
+    reason = next((line for hint in ("could not connect", "is needed", "platform plugin", "rror")
+                   for line in lines if hint in line), lines[-1] if lines else "")
+    print(f"braggmap demo: the live viewer could not start ({reason or f'exit status {process.returncode}'}); "
+          f"the maps are still written (log: {log_path})", flush=True)
 
 
 def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,

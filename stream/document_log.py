@@ -120,7 +120,16 @@ class DocumentLog:
         self._router = self._context.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
         bind_to = endpoint[:-2] + ":*" if endpoint.startswith("tcp://") and endpoint.endswith(":0") else endpoint
-        self._router.bind(bind_to)
+        deadline = time.monotonic() + 3.0
+        while True:  # a log restarted on its old port may find it still closing
+            try:
+                self._router.bind(bind_to)
+                break
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                    self._router.close(linger=0)
+                    raise
+                time.sleep(0.05)
         self.endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
         inbox_address = f"inproc://braggmap-document-log-{self.uid}"
         self._inbox = self._context.socket(zmq.PULL)

@@ -117,7 +117,7 @@ class DocumentReceiver:
             if seq <= self.seq:
                 self.duplicates += 1
                 continue
-            push.send_multipart([DOCUMENT, name.encode(), body])
             self.seq = seq
             self.forwarded += 1
+            push.send_multipart([DOCUMENT, name.encode(), body])
         return True

@@ -29,6 +29,8 @@ from stream.config_files import load_geometry, load_peak_model
 from stream.document_log import DocumentLog
 from stream.service import Service, ServiceConfig
 
+pytestmark = pytest.mark.timeout(150)
+
 SHAPE = (9, 11)  # rows (slow y) x columns (fast x): non-square on purpose
 Y0, DY, X0, DX = 10.0, 2.0, 5.0, 1.5
 EXTENTS = ((Y0, Y0 + DY * (SHAPE[0] - 1)), (X0, X0 + DX * (SHAPE[1] - 1)))

@@ -24,6 +24,8 @@ from stream.document_log import DOCS, MAGIC, DocumentLog, encode_document
 from stream.documents import DOCUMENT, DocumentReceiver
 from stream.run_placement import DocumentPlacement
 
+pytestmark = pytest.mark.timeout(60)
+
 
 def scan_documents(series_id: int | None, shape=(3, 4), abort_after: int | None = None, **md):
     """Documents of a real RunEngine snake grid_scan over ophyd.sim axes (frame = seq_num - 1)."""
@@ -73,7 +75,7 @@ def receive_documents(pull, n: int, timeout_s: float = 10.0) -> list[tuple[str, 
 def context():
     ctx = zmq.Context()
     yield ctx
-    ctx.term()
+    ctx.destroy(linger=0)
 
 
 def test_late_and_restarted_followers_get_the_start_and_descriptors(context):
@@ -104,7 +106,7 @@ def test_late_and_restarted_followers_get_the_start_and_descriptors(context):
 
 
 def test_log_restart_and_garbage_on_both_sockets(context):
-    log = DocumentLog("tcp://127.0.0.1:0", heartbeat_s=0.2, keep_runs=1, context=context)
+    log = DocumentLog("tcp://127.0.0.1:0", heartbeat_s=0.2, context=context)
     endpoint = log.endpoint
     pull, pull_endpoint = pull_socket(context)
     stranger = context.socket(zmq.DEALER)
@@ -123,16 +125,36 @@ def test_log_restart_and_garbage_on_both_sockets(context):
             time.sleep(0.05)
         assert sum(log.garbage.values()) == 4
         log.close()
-        log = DocumentLog(endpoint, heartbeat_s=0.2, keep_runs=1, context=context)  # same endpoint, new uid
-        for name, doc in run1 + run2:
+        log = DocumentLog(endpoint, heartbeat_s=0.2, context=context)  # the beamline restarts: same endpoint
+        for name, doc in run2:
             log(name, doc)
         got = receive_documents(pull, len(run2))
-        assert [doc["uid"] for _, doc in got] == [doc["uid"] for _, doc in run2], "only the kept run"
-        assert receiver.resets == 1
+        assert [doc["uid"] for _, doc in got] == [doc["uid"] for _, doc in run2]
+        assert receiver.resets == 1 and not pull.poll(300)
     finally:
         receiver.stop()
         log.close()
         stranger.close(linger=0)
+        pull.close(linger=0)
+
+
+def test_log_keeps_only_its_last_runs_for_late_followers(context):
+    log = DocumentLog("tcp://127.0.0.1:0", heartbeat_s=0.2, keep_runs=1, context=context)
+    pull, pull_endpoint = pull_socket(context)
+    run1, run2 = scan_documents(series_id=1), scan_documents(series_id=2)
+    try:
+        for name, doc in run1 + run2:
+            log(name, doc)
+        deadline = time.monotonic() + 5
+        while log.latest_seq < len(run1 + run2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        receiver = DocumentReceiver(log.endpoint, pull_endpoint, context=context).start()
+        got = receive_documents(pull, len(run2))
+        assert log.wait_delivered(5.0), "the follower confirmed having every document"
+        receiver.stop()
+        assert [doc["uid"] for _, doc in got] == [doc["uid"] for _, doc in run2]
+    finally:
+        log.close()
         pull.close(linger=0)
 
 

@@ -1,0 +1,270 @@
+"""The whole service under load: simulator -> ingest -> N workers -> collector -> published maps.
+
+Runs the real :class:`stream.service.Service` fed over tcp loopback by an in-process
+:class:`simulators.eiger_server.EigerStreamServer` cycling a few pre-rendered synthetic EIGER X 4M
+frames (bitshuffle-LZ4), and measures, in one run:
+
+* latency at fixed rates (``overflow="drop"``, so frames the workers cannot take are dropped and
+  counted): p50/p99 of the collector's per-result latency (ingest receive -> placed on the map)
+  and of "frame leaves the simulator -> its pixel appears in a published map snapshot" (seen by a
+  :class:`stream.published_state.MapSubscriber`; snapshots go out at most 5 times a second);
+* the sustained rate (``overflow="block"``: the sender is slowed, nothing dropped) with 1 and 2
+  workers, frames/s = frames / (first frame sent -> series finished), uint32 and uint16 frames;
+* peak RSS (``VmHWM`` from ``/proc``) of the service process and of every worker for a 61 x 61
+  scan (all 3721 frames) and for a 200 x 200 scan after ``--big-frames`` frames, and the map-state
+  size (n_parameters x points x 12 bytes) that is what grows with the scan.
+
+No figure here is ever a pass/fail criterion. Figures go to BENCHMARKS.md.
+
+Run: ``.venv/bin/python bench/bench_service.py [--quick] [--rates 50 100 200] [--rate-frames N]
+[--max-frames N] [--small-grid 61] [--big-frames N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def proc_status_kib(pid: int | str, field: str) -> int | None:
+    """A ``/proc/<pid>/status`` memory field (``VmHWM``, ``VmRSS``) in KiB, None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` 5); False where not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def percentiles(values_ms) -> str:
+    values = np.asarray(values_ms, dtype=np.float64)
+    if values.size == 0:
+        return "p50      -    p99      -   (n = 0)"
+    p50, p99 = np.percentile(values, [50, 99])
+    return f"p50 {p50:7.1f} ms p99 {p99:7.1f} ms (n = {values.size})"
+
+
+def render_frames(n_frames: int):
+    """``n_frames`` synthetic 4M frames from inside the crystal (uint32) and the scan object."""
+    from simulators.synthetic_scan import SyntheticScan, SyntheticScanConfig
+
+    scan = SyntheticScan(SyntheticScanConfig())
+    inside = np.argwhere(scan.truth.maps["sc_mask"] > 0)
+    picks = inside[np.linspace(0, len(inside) - 1, n_frames).astype(int)]
+    frames = np.stack([scan.frame(scan.grid.frame_index(int(r), int(c))) for r, c in picks])
+    return scan, frames
+
+
+def as_uint16(frames: np.ndarray) -> np.ndarray:
+    """The same frames as an EIGER in 16-bit mode sends them (NODATA = 2**16 - 1)."""
+    out = np.minimum(frames, 2**16 - 2).astype(np.uint16)
+    out[frames == 2**32 - 1] = 2**16 - 1
+    return out
+
+
+class PublishedPixels(threading.Thread):
+    """Records when each scan pixel first appears (status no longer NOT_MEASURED) in a snapshot."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True, name="bench-subscriber")
+        from stream.published_state import MapSubscriber
+
+        self.subscriber = MapSubscriber(endpoint)
+        self.first_seen: dict[int, np.ndarray] = {}  # series id -> monotonic s per flat pixel (NaN: not yet)
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        from analysis.status import Status
+
+        try:
+            while not self.stop_event.is_set():
+                snapshot = self.subscriber.latest(50)
+                if snapshot is None:
+                    continue
+                now = time.monotonic()
+                seen = self.first_seen.setdefault(snapshot.series_id,
+                                                  np.full(snapshot.grid.n_points, np.nan))
+                measured = (snapshot.statuses[0] != int(Status.NOT_MEASURED)).ravel()
+                new = measured & np.isnan(seen)
+                seen[new] = now
+        finally:
+            self.subscriber.close()
+
+
+class Bench:
+    """One service (fixed worker count and overflow policy) fed by one in-process simulator."""
+
+    def __init__(self, scan, n_workers: int, overflow: str, protocol: str = "v1") -> None:
+        from simulators.eiger_server import EigerStreamServer
+        from stream.analysis_setup import AnalysisSetup
+        from stream.service import Service, ServiceConfig
+
+        self.scan = scan
+        self.server = EigerStreamServer("tcp://127.0.0.1:0", protocol=protocol, header_detail="all",
+                                        image_appendix=self._stamp)
+        config = ServiceConfig(setup=AnalysisSetup.default(), detector_endpoint=self.server.endpoint,
+                               protocol=protocol, n_workers=n_workers, overflow=overflow,
+                               series_timeout_s=120.0, results_timeout_s=60.0)
+        started = time.monotonic()
+        self.service = Service(config).start()
+        self.startup_s = time.monotonic() - started
+        self.subscriber = PublishedPixels(self.service.publish_endpoint)
+        self.subscriber.start()
+        self.sent_at: list[float] = []
+        self.series_id = 0
+
+    def _stamp(self, frame_index0: int):
+        """Called by the server for each image just before it is paced and sent: records the time."""
+        self.sent_at.append(time.monotonic())
+        return None
+
+    def series(self, frames: np.ndarray, n_frames: int, rate_hz: float | None, grid_shape=None) -> dict:
+        """Stream one series and wait for its outcome; returns the figures."""
+        from analysis.scan_grid import ScanGrid
+        from simulators.frame_sources import ArrayFrameSource
+        from simulators.eiger_files import EigerMetadata
+
+        self.series_id += 1
+        grid = ScanGrid(tuple(grid_shape)) if grid_shape else ScanGrid.by_index(n_frames)
+        self.server.header_appendix = json.dumps({"braggmap_scan": grid.as_dict()})
+        metadata = EigerMetadata(shape=frames.shape[1:], dtype=frames.dtype.name, pixel_mask=self.scan.pixel_mask,
+                                 count_time_s=0.001, frame_time_s=0.001)
+        source = ArrayFrameSource(frames, metadata, compression="bslz4")
+        for position in range(source.n_frames):
+            source.chunk(position)  # compress before the clock starts
+        self.sent_at = []
+        for pid in [p.pid for p in self.service.workers] + ["self"]:
+            reset_peak_rss(pid)
+        report = self.server.send_series(source, series_id=self.series_id, rate_hz=rate_hz, n_frames=n_frames,
+                                         wait_for_peers_s=30)
+        outcome = self.service.wait_for_series(timeout_s=600)
+        finished = time.monotonic()
+        time.sleep(0.3)  # the final snapshot reaches the subscriber
+        sent = np.asarray(self.sent_at)
+        if rate_hz:  # the server paces after the stamp: a frame leaves at max(stamp, schedule)
+            sent = np.maximum(sent, sent[0] + np.arange(sent.size) / rate_hz)
+        seen = self.subscriber.first_seen.get(self.series_id, np.full(grid.n_points, np.nan))
+        n_points = min(sent.size, seen.size)
+        published_ms = 1e3 * (seen[:n_points] - sent[:n_points])
+        summary = outcome.summary
+        return {
+            "n": n_frames, "rate": rate_hz, "report": report, "outcome": outcome,
+            "elapsed_s": finished - sent[0],
+            "collector_ms": outcome.latencies_ms,
+            "published_ms": published_ms[np.isfinite(published_ms)],
+            "received": summary.received if summary else None, "dropped": summary.dropped if summary else None,
+            "results": outcome.results, "errors": dict(outcome.analysis_errors),
+            "rss_kib": self.rss_kib(), "map_bytes": len(self.service.config.setup.parameter_names()) * grid.n_points * 12,
+        }
+
+    def rss_kib(self) -> dict[str, tuple[int | None, int | None]]:
+        """(VmHWM, VmRSS) in KiB of the service process and each worker."""
+        pids = {"service": os.getpid(), **{p.name: p.pid for p in self.service.workers}}
+        return {name: (proc_status_kib(pid, "VmHWM"), proc_status_kib(pid, "VmRSS")) for name, pid in pids.items()}
+
+    def close(self) -> None:
+        self.subscriber.stop_event.set()
+        self.subscriber.join(2)
+        self.service.stop()
+        self.server.close()
+
+
+def rss_line(rss: dict) -> str:
+    return ", ".join(f"{name} {hwm / 1024:.0f} MiB" if hwm else f"{name} -" for name, (hwm, _rss) in rss.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", type=float, nargs="*", default=[50, 100, 200], help="fixed rates, frames/s")
+    parser.add_argument("--rate-frames", type=int, default=300, help="frames per fixed-rate series")
+    parser.add_argument("--max-frames", type=int, default=300, help="frames per sustained-rate series")
+    parser.add_argument("--small-grid", type=int, default=61, help="side of the first RSS scan (all frames)")
+    parser.add_argument("--big-grid", type=int, default=200, help="side of the second RSS scan")
+    parser.add_argument("--big-frames", type=int, default=2000, help="frames sent of the big scan")
+    parser.add_argument("--distinct-frames", type=int, default=4, help="pre-rendered frames the simulator cycles")
+    parser.add_argument("--quick", action="store_true", help="a short run (~1-2 min): fewer frames everywhere")
+    args = parser.parse_args()
+    if args.quick:
+        args.rate_frames, args.max_frames, args.small_grid, args.big_frames = 100, 100, 15, 300
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    for name in ("silx", "pyFAI"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    print(f"os.cpu_count() = {os.cpu_count()}, load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    scan, frames32 = render_frames(args.distinct_frames)
+    frames16 = as_uint16(frames32)
+    print(f"{args.distinct_frames} distinct EIGER X 4M frames {frames32.shape[1:]} cycled; simulator holds "
+          f"{(frames32.nbytes + frames16.nbytes) / 2**20:.0f} MiB of raw frames in the service process", flush=True)
+
+    # 1 worker, drop: latency at fixed rates; then 1 worker, block: sustained rate (uint32, uint16)
+    bench = Bench(scan, n_workers=1, overflow="drop")
+    print(f"\n1 worker, overflow=drop (service start-up {bench.startup_s:.1f} s)", flush=True)
+    try:
+        bench.series(frames32, 20, None)  # warm-up series (first-frame costs, connections)
+        for rate in args.rates:
+            r = bench.series(frames32, args.rate_frames, rate)
+            achieved = r["report"].achieved_rate_hz or 0.0
+            print(f"  {rate:5.0f} frames/s (sent at {achieved:5.1f}): received {r['received']}, dropped "
+                  f"{r['dropped']}, analysed {r['results']}", flush=True)
+            print(f"        ingest -> placed on map     {percentiles(r['collector_ms'])}", flush=True)
+            print(f"        sent -> in published map    {percentiles(r['published_ms'])}", flush=True)
+    finally:
+        bench.close()
+
+    sustained = {}
+    for n_workers in (1, 2):
+        bench = Bench(scan, n_workers=n_workers, overflow="block")
+        print(f"\n{n_workers} worker(s), overflow=block (service start-up {bench.startup_s:.1f} s)", flush=True)
+        try:
+            bench.series(frames32, 20, None)
+            for label, frames in (("uint32", frames32), ("uint16", frames16)):
+                r = bench.series(frames, args.max_frames, None)
+                rate = r["n"] / r["elapsed_s"]
+                sustained[(n_workers, label)] = rate
+                print(f"  max sustained {label}: {r['n']} frames in {r['elapsed_s']:.1f} s = {rate:.1f} frames/s "
+                      f"({1e3 / rate:.1f} ms/frame), dropped {r['dropped']}, errors {r['errors'] or 0}; "
+                      f"ingest -> placed {percentiles(r['collector_ms'])}", flush=True)
+            if n_workers == 2:
+                side = args.small_grid
+                r = bench.series(frames32, side * side, None, (side, side))
+                print(f"  {side} x {side} scan, all {side * side} frames in {r['elapsed_s']:.1f} s "
+                      f"({r['n'] / r['elapsed_s']:.1f} frames/s), dropped {r['dropped']}: peak RSS "
+                      f"{rss_line(r['rss_kib'])}; map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
+                side = args.big_grid
+                r = bench.series(frames32, args.big_frames, None, (side, side))
+                print(f"  {side} x {side} scan, first {args.big_frames} frames in {r['elapsed_s']:.1f} s "
+                      f"({r['n'] / r['elapsed_s']:.1f} frames/s): peak RSS {rss_line(r['rss_kib'])}; "
+                      f"map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
+        finally:
+            bench.close()
+    for label in ("uint32", "uint16"):
+        one, two = sustained.get((1, label)), sustained.get((2, label))
+        if one and two:
+            print(f"2 workers / 1 worker ({label}): {two / one:.2f}x", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at end", flush=True)
+
+
+if __name__ == "__main__":
+    main()
