@@ -58,7 +58,10 @@ class Ingest:
         if overflow not in ("block", "drop"):
             raise ValueError(f"overflow policy {overflow!r} is not 'block' or 'drop'")
         self._context = context or zmq.Context.instance()
-        self.receiver = DetectorReceiver(detector_endpoint, protocol, self._context)
+        # "block" relies on ZeroMQ back-pressure: keep the receive queue short so a backlog
+        # waits in the sender, not in this process (64 frames of ~1 MB, not 2000).
+        self.receiver = DetectorReceiver(detector_endpoint, protocol, self._context,
+                                         rcvhwm=64 if overflow == "block" else 2000)
         self.router = self._context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
