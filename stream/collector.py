@@ -9,7 +9,6 @@ never slows the service.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +19,7 @@ import zmq
 from analysis.map_state import MapState
 from analysis.scan_grid import ScanGrid
 from analysis.status import Status
+from stream.loop_thread import LoopThread
 from stream import wire
 from stream.accounting import AccountingSummary
 from stream.documents import DOCUMENT
@@ -64,7 +64,7 @@ class _Series:
         return self.workers is not None and all(name in self.averages for name in self.workers)
 
 
-class Collector:
+class Collector(LoopThread):
     """Gather results into maps.
 
     Parameters
@@ -89,6 +89,8 @@ class Collector:
         Places frames from bluesky run documents (``DOCUMENT`` messages) instead of ``grid_for``.
     """
 
+    thread_name = "braggmap-collector"
+
     def __init__(self, endpoint: str, parameters: tuple[str, ...],
                  on_series_complete: Callable[[SeriesOutcome], None],
                  grid_for: Callable[[wire.SeriesInfo], ScanGrid] | None = None,
@@ -111,17 +113,8 @@ class Collector:
         self.series: dict[int, _Series] = {}
         self.malformed = 0
         self.progress: Callable[[_Series], None] | None = None
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="braggmap-collector", daemon=True)
-        self.thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread is not None:
-            self.thread.join(10)
 
     def run(self) -> None:
         try:

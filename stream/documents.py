@@ -13,13 +13,13 @@ log sent it, parsed only by the collector).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 
 import zmq
 
 from analysis.errors import ProtocolError
+from stream.loop_thread import LoopThread
 from stream.document_log import decode_reply, encode_request
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ DOCUMENT = b"document"
 """Collector message kind: ``[DOCUMENT, name (utf-8), document JSON]``."""
 
 
-class DocumentReceiver:
+class DocumentReceiver(LoopThread):
     """Follow a document log and forward its documents.
 
     Parameters
@@ -49,6 +49,8 @@ class DocumentReceiver:
         Messages that were not log replies, by reason.
     """
 
+    thread_name = "braggmap-documents"
+
     def __init__(self, endpoint: str, collector_endpoint: str, request_timeout_s: float = 3.0,
                  context: zmq.Context | None = None) -> None:
         self.endpoint = endpoint
@@ -59,18 +61,8 @@ class DocumentReceiver:
         self.seq = 0
         self.forwarded = self.duplicates = self.gaps = self.resets = self.timeouts = 0
         self.garbage: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
 
-    def start(self) -> "DocumentReceiver":
-        self.thread = threading.Thread(target=self.run, name="braggmap-documents", daemon=True)
-        self.thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread is not None:
-            self.thread.join(10)
 
     def run(self) -> None:
         dealer = self._context.socket(zmq.DEALER)

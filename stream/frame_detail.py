@@ -17,13 +17,13 @@ anything that cannot be answered (unknown series or frame, bad JSON, garbage). N
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from analysis.errors import BraggmapError, ConfigurationError, ProtocolError
+from stream.loop_thread import LoopThread
 from stream import codecs, wire
 from stream.frame_detail_reply import (DETAIL, ERROR, FRAME_CODEC, DetailError, FrameDetail, PeakDetail,
                                        WindowDetail, decode_detail_reply, encode_detail_reply, error_reply)
@@ -52,7 +52,7 @@ def parse_request(parts: list) -> tuple[int, int]:
     return numbers[0], numbers[1]
 
 # -- server ----------------------------------------------------------------------------------------
-class DetailServer:
+class DetailServer(LoopThread):
     """REP server thread answering frame-detail requests.
 
     Parameters
@@ -65,6 +65,9 @@ class DetailServer:
         :class:`stream.analysis_setup.AnalyzerCache`, or a function returning one (called at the
         first request: the tables cost seconds and memory only when a viewer asks).
     """
+
+    thread_name = "braggmap-detail"
+    join_timeout_s = 30.0
 
     def __init__(self, endpoint: str, frame_store, analyzer_cache, context: zmq.Context | None = None) -> None:
         from stream.ingest import _bindable
@@ -83,18 +86,8 @@ class DetailServer:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
 
-    def start(self) -> "DetailServer":
-        self.thread = threading.Thread(target=self.run, name="braggmap-detail", daemon=True)
-        self.thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread is not None:
-            self.thread.join(30)
 
     def run(self) -> None:
         try:

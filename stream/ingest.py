@@ -15,12 +15,12 @@ Overflow policy when every worker is busy:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter, deque
 
 import zmq
 
+from stream.loop_thread import LoopThread
 from stream import wire
 from stream.accounting import SeriesAccounting
 from stream.messages import ImageFrame, SeriesEnd, SeriesStart
@@ -29,7 +29,7 @@ from stream.receiver import DetectorReceiver, Malformed, Received
 log = logging.getLogger(__name__)
 
 
-class Ingest:
+class Ingest(LoopThread):
     """Receive one detector stream and distribute it.
 
     Parameters
@@ -50,6 +50,8 @@ class Ingest:
     frame_store : stream.frame_store.FrameStore, optional
         Keeps every accepted frame's compressed payload (for the frame-detail endpoint).
     """
+
+    thread_name = "braggmap-ingest"
 
     def __init__(self, detector_endpoint: str, work_endpoint: str, collector_endpoint: str,
                  protocol: str = "auto", overflow: str = "block", max_queue: int = 64,
@@ -82,20 +84,11 @@ class Ingest:
         self.orphans: Counter[str] = Counter()
         self._last_message = time.monotonic()
         self._pending_end: str | None = None
-        self._stop = threading.Event()
-        self.thread: threading.Thread | None = None
         self.series_closed = 0
         self.frame_store = frame_store  # keeps compressed frames for the frame-detail endpoint
 
     # -- life cycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.run, name="braggmap-ingest", daemon=True)
-        self.thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self.thread is not None:
-            self.thread.join(10)
 
     @property
     def n_workers(self) -> int:
