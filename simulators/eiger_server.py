@@ -222,7 +222,8 @@ class EigerStreamServer:
     send_timeout_s : float or None
         A send blocked longer than this raises :class:`ProtocolError`; None blocks forever.
     linger_s : float
-        How long :meth:`close` may still deliver queued messages.
+        How long :meth:`close` may still deliver queued messages (a detector delivers its whole
+        series to a consumer that keeps reading; keep this long).
     clock, sleep : callable
         Monotonic clock (s) and sleep that pace the frames, replaceable in tests.
     context : zmq.Context, optional
@@ -232,7 +233,7 @@ class EigerStreamServer:
     def __init__(self, endpoint: str = "tcp://127.0.0.1:9999", protocol: str = "v1", header_detail: str = "basic",
                  encoding: str = "bslz4", header_appendix: Any = None,
                  image_appendix: Callable[[int], Any] | Any = None, sndhwm: int = 100,
-                 send_timeout_s: float | None = 60.0, linger_s: float = 2.0,
+                 send_timeout_s: float | None = 60.0, linger_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  context: zmq.Context | None = None):
         if protocol not in ("v1", "v2"):

@@ -15,7 +15,9 @@ class ProgressLine:
         self.interactive = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.min_interval_s = min_interval_s if self.interactive else 5.0
         self._started = time.monotonic()
-        self._last = 0.0
+        # off a terminal (logs, pipes), the first line waits one interval: a run that fails at
+        # once then ends with its one-line error alone
+        self._last = 0.0 if self.interactive else self._started
         self._shown = False
 
     def text(self, done: int, expected: int | None, elapsed_s: float) -> str:

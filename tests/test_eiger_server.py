@@ -371,3 +371,38 @@ def test_header_fields_are_those_of_real_eiger_captures(captures_dir):
     assert set(real_v2) <= set(ours_v2) and set(ours_v2) - set(real_v2) == {"goniometer", "image_dtype"}
     assert list(ours_v2)[0] == "type" and raw_v2[0][0][:3] == b"\xd9\xd9\xf7"
     assert decode_message(raw_v2[0]).countrate_table.dtype == np.uint32
+
+
+def test_a_slow_consumer_gets_the_whole_series_after_the_server_closed():
+    """Like a detector, the simulator delivers the tail of a series (and its end) to a consumer
+    that is still reading when the sender has finished and closed (regression: a short linger
+    dropped the last queued frames)."""
+    import threading
+    import time
+
+    shape = (1024, 1024)  # ~2 MB of noise per frame: far more than the kernel's socket buffers
+    frames = np.random.default_rng(1).integers(0, 65000, (30, *shape), dtype=np.uint16)
+    metadata = _metadata(shape=shape, pixel_mask=None, flatfield=None)
+    server = EigerStreamServer("tcp://127.0.0.1:0", protocol="v1", sndhwm=2)
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 1)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(server.endpoint)
+    try:
+        sender = threading.Thread(target=lambda: (server.send_series(ArrayFrameSource(frames, metadata),
+                                                                     wait_for_peers_s=10), server.close()))
+        sender.start()
+        received = []
+        while True:
+            assert pull.poll(20_000), f"the series stopped after {len(received)} messages"
+            message = decode_message(pull.recv_multipart())
+            received.append(message)
+            time.sleep(0.05)  # slower than the sender
+            if isinstance(message, SeriesEnd):
+                break
+        sender.join(30)
+        assert [m.frame_index for m in received if isinstance(m, ImageFrame)] == list(range(30))
+    finally:
+        pull.close(linger=0)
+        context.term()
