@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--protocol", choices=("v1", "v2"), default="v1", help="EIGER stream version")
     demo.add_argument("--rate", type=float, default=None, help="frames per second (default: as fast as possible)")
     demo.add_argument("--cache-dir", type=Path, help="where the synthetic scan is cached")
-    demo.add_argument("--bluesky", action="store_true",
-                      help="run the raster through a bluesky RunEngine (simulated beamline, ophyd.sim stage); the "
-                           "service places frames from the run documents, on the real motor axes")
+    demo.add_argument("--bluesky", action=argparse.BooleanOptionalAction, default=True,
+                      help="run the raster through a bluesky RunEngine (simulated beamline, ophyd.sim stage) so "
+                           "the service places frames from the run documents, on the real motor axes (default); "
+                           "--no-bluesky: the detector simulator alone, grid from its header appendix")
     demo.add_argument("--no-viewer", action="store_true",
                       help="do not open the live viewer (it opens when a display exists)")
 
@@ -351,7 +352,8 @@ def command_demo(args) -> int:
         setup = AnalysisSetup(setup.poni_path, setup.peaks_path, lines["background"])
     grid = None  # the simulator announces the raster in the series header appendix
     output_dir = args.output or Path(tempfile.mkdtemp(prefix="braggmap-demo-"))
-    print(f"braggmap demo: streaming {master.name} over loopback (EIGER stream {args.protocol}) "
+    driver = "a bluesky RunEngine grid scan drives the simulated beamline; " if args.bluesky else ""
+    print(f"braggmap demo: {driver}streaming {master.name} over loopback (EIGER stream {args.protocol}) "
           f"into {args.workers} worker(s)", flush=True)
     viewer = _start_demo_viewer if _display_available() and not args.no_viewer else None
     status = _run_through_service(master, setup, grid, args, output_dir, on_started=viewer)

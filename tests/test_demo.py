@@ -33,7 +33,9 @@ def test_demo_streams_the_synthetic_scan_through_the_service(tmp_path):
     assert "frames: expected 625, received 625, lost 0" in lines
     assert lines[-1].startswith("braggmap demo: done") and str(output) in lines[-1]
     maps = read_map_file(output / "maps_series0001.h5")
-    assert maps.grid.shape == (25, 25) and maps.grid.step_um == (0.5, 0.5)
+    assert "RunEngine" in result.stdout  # the raster runs through bluesky by default
+    assert maps.grid.shape == (25, 25) and maps.grid.step_um == (0.5, 0.5) and not maps.grid.by_frame_index
+    assert maps.grid.axis_names == ("sample_y", "sample_x")  # placed from the run documents
     assert (output / "maps_series0001.png").stat().st_size > 10_000
     # the maps hold the crystal: a1 where the SAXS intensity is high, nothing far outside
     inside = maps.maps["saxs_intensity"] > 0.5 * maps.maps["saxs_intensity"].max()
