@@ -59,7 +59,6 @@ def main() -> None:
     analyzer.warm_up()
     values = np.empty(len(analyzer.parameter_names))
     statuses = np.empty(values.shape, np.int32)
-    out = np.empty(frame.shape, frame.dtype)
     n = args.frames
 
     # the fused idea: decode only the bslz4 blocks holding the table's pixels (the regroup reads no other)

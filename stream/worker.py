@@ -124,7 +124,7 @@ class Worker:
             try:
                 # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
                 frame = decompress(payload, meta["compression"], meta["dtype"], meta["shape"])
-            except BraggmapError as exc:
+            except BraggmapError:
                 statuses[:] = Status.UNDECODABLE
                 raise
             self.analyzer.analyse(frame, values, statuses, saturation_value=self.saturation_value)
