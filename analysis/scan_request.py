@@ -1,6 +1,6 @@
-"""A rectangle drawn on a map, turned into the arguments of a finer raster scan (no Qt here).
+"""A rectangle on a map, turned into the arguments of a finer raster scan.
 
-Until a steering endpoint exists the request is shown, copied and exported as JSON: the
+Used by the viewer (a rectangle drawn by hand) and by steering (regions it suggests): the
 arguments of bluesky's ``grid_scan(detectors, slow, start, stop, num, fast, start, stop, num,
 snake_axes=...)`` with the motors by name, plus the same numbers per motor with the step.
 """

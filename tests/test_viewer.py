@@ -23,7 +23,7 @@ from analysis.scan_grid import ScanGrid
 from stream.published_state import MapPublisher, MapSnapshot, encode_snapshot
 from viewer.app import ViewerWindow
 from viewer.map_coordinates import image_placement, pixel_at, position_um
-from viewer.scan_request import motor_range, scan_request
+from analysis.scan_request import motor_range, scan_request
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PEAKS = ("saxs_1", "saxs_2", "saxs_3", "saxs_4", "waxs_010", "waxs_020", "waxs_110", "waxs_m110")

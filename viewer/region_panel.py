@@ -9,7 +9,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 
 from analysis.errors import ConfigurationError
 from analysis.scan_grid import ScanGrid
-from viewer.scan_request import ScanRequest, finer_steps, scan_request
+from analysis.scan_request import ScanRequest, finer_steps, scan_request
 
 
 def _step_box() -> QtWidgets.QDoubleSpinBox:
