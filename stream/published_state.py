@@ -6,6 +6,13 @@ blocks: with a small send high-water mark a slow subscriber simply misses snapsh
 Message: ``[b"maps", JSON meta, values float32 (n_parameters, rows, columns), statuses uint8
 (same shape)]`` where meta holds ``series_id``, ``version``, ``parameters``, ``grid``
 (:meth:`analysis.scan_grid.ScanGrid.as_dict`), ``measured`` (points done) and ``final``.
+
+PUB/SUB loses what a subscriber did not receive: a snapshot dropped at the high-water mark, or
+published before a viewer connected. So while nothing new is published the publisher sends its
+newest message again every ``repeat_interval_s`` (the encoded message is kept: a repeat costs
+one send). After a scan that is the final snapshot of the series that finished last, so a viewer
+that missed it, or connects after the scan, still shows the final map. A repeat carries the same
+series and version: subscribers skip versions they already have.
 """
 
 from __future__ import annotations
@@ -101,9 +108,15 @@ def snapshot_of(series_id: int, version: int, parameters, grid: ScanGrid, maps, 
 
 
 class MapPublisher:
-    """PUB socket publishing map snapshots at most ``max_rate_hz`` times a second."""
+    """PUB socket publishing map snapshots at most ``max_rate_hz`` times a second.
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None, max_rate_hz: float = 5.0) -> None:
+    :meth:`maybe_publish` (called in the owner's loop) also repeats the newest message when
+    nothing was published for ``repeat_interval_s`` (see the module docstring); ``repeats``
+    counts those sends.
+    """
+
+    def __init__(self, endpoint: str, context: zmq.Context | None = None, max_rate_hz: float = 5.0,
+                 repeat_interval_s: float = 1.0) -> None:
         from stream.ingest import _bindable
 
         self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
@@ -113,10 +126,16 @@ class MapPublisher:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.min_interval_s = 1.0 / max_rate_hz
         self._last = 0.0
+        self.repeat_interval_s = float(repeat_interval_s)
         self._versions: dict[int, int] = {}
         self._published_results: dict[int, int] = {}
+        self._newest: list[bytes] | None = None  # the newest encoded message, for repeats
+        self._newest_at = 0.0
+        self.repeats = 0
 
     def maybe_publish(self, series: dict) -> None:
+        """Publish the series whose results changed (at most ``max_rate_hz`` times a second),
+        or, when there were none for ``repeat_interval_s``, the newest message again."""
         now = time.monotonic()
         if now - self._last < self.min_interval_s:
             return
@@ -124,16 +143,25 @@ class MapPublisher:
         for series_id, state in series.items():
             if self._published_results.get(series_id) != state.results:
                 self.publish_now(series_id, state, final=False)
+        if self._newest is not None and now - self._newest_at >= self.repeat_interval_s:
+            self._newest_at = now
+            if self._send(self._newest):
+                self.repeats += 1
 
     def publish_now(self, series_id: int, state, final: bool = True) -> None:
         version = self._versions.get(series_id, 0) + 1
         self._versions[series_id] = version
         self._published_results[series_id] = state.results
         snapshot = snapshot_of(series_id, version, state.maps.parameters, state.grid, state.maps, final)
+        self._newest, self._newest_at = encode_snapshot(snapshot), time.monotonic()
+        self._send(self._newest)
+
+    def _send(self, parts: list[bytes]) -> bool:
         try:
-            self.socket.send_multipart(encode_snapshot(snapshot), zmq.NOBLOCK)
+            self.socket.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            return True
         except zmq.Again:
-            pass  # nobody keeps up: drop, never block the collector
+            return False  # nobody keeps up: drop, never block the collector
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -1,0 +1,137 @@
+"""Published map state over a real PUB socket on 127.0.0.1: the newest message is repeated
+while nothing new is published, so a subscriber that missed the final snapshot of a series
+(dropped at the high-water mark, or connected after the scan) still gets it."""
+
+from __future__ import annotations
+
+import queue
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import zmq
+
+from analysis.map_state import MapState
+from analysis.scan_grid import ScanGrid
+from analysis.status import Status
+from stream import wire
+from stream.accounting import SeriesAccounting
+from stream.collector import Collector
+from stream.published_state import MapPublisher, MapSubscriber, snapshot_of
+
+PARAMETERS = ("saxs_intensity", "a_mean_nm")
+
+
+def _state(grid: ScanGrid) -> SimpleNamespace:
+    return SimpleNamespace(maps=MapState(grid.shape, PARAMETERS), grid=grid, results=0)
+
+
+def _measure(state, k: int) -> None:
+    row, column = state.grid.position(k)
+    state.maps.update(row, column, [100.0 + k, np.nan], [Status.OK, Status.MISSING_PEAK])
+    state.results += 1
+
+
+def _receive(subscriber: MapSubscriber, publisher: MapPublisher | None, timeout_s: float, until) -> list:
+    """Snapshots received within ``timeout_s`` (driving ``publisher.maybe_publish({})`` as the
+    collector's loop does once its series are finished) until ``until(received)``."""
+    received = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not until(received):
+        if publisher is not None:
+            publisher.maybe_publish({})
+        snapshot = subscriber.latest(20)
+        if snapshot is not None:
+            received.append(snapshot)
+    return received
+
+
+def test_a_subscriber_connecting_after_the_series_finished_gets_the_final_snapshot():
+    grid = ScanGrid((3, 4), snake=True)
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=50.0, repeat_interval_s=0.2)
+    subscriber = None
+    try:
+        for k in range(grid.n_points):
+            _measure(state, k)
+            publisher.maybe_publish({5: state})
+            time.sleep(0.005)
+        publisher.publish_now(5, state, final=True)
+        expected = snapshot_of(5, 0, PARAMETERS, grid, state.maps, final=True)
+        subscriber = MapSubscriber(publisher.endpoint)  # after the scan
+        received = _receive(subscriber, publisher, 5.0, lambda got: len(got) >= 3)
+        assert len(received) >= 3, f"{len(received)} snapshots in 5 s, {publisher.repeats} repeats sent"
+        final = received[0]
+        assert final.final and final.series_id == 5 and final.measured == grid.n_points
+        np.testing.assert_array_equal(final.values, expected.values)
+        np.testing.assert_array_equal(final.statuses, expected.statuses)
+        assert final.map("saxs_intensity")[1, 0] == 100.0 + grid.frame_index(1, 0)
+        # every repeat is the same message: same series, same version
+        assert {(s.series_id, s.version, s.final) for s in received} == {(5, final.version, True)}
+        assert publisher.repeats >= len(received)
+    finally:
+        publisher.close()
+        if subscriber is not None:
+            subscriber.close()
+
+
+def test_nothing_is_repeated_while_new_snapshots_are_published():
+    grid = ScanGrid((10, 10))
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=50.0, repeat_interval_s=0.2)
+    try:
+        publisher.maybe_publish({})
+        assert publisher.repeats == 0  # nothing published yet: nothing to repeat
+        for k in range(60):  # 0.6 s of a live series, 100 points/s
+            _measure(state, k)
+            publisher.maybe_publish({1: state})
+            time.sleep(0.01)
+        time.sleep(0.03)
+        publisher.maybe_publish({1: state})  # the last results, held back by the rate limit
+        assert publisher.repeats == 0
+        time.sleep(0.25)
+        publisher.maybe_publish({1: state})  # no new result for 0.25 s: the newest goes again
+        assert publisher.repeats == 1
+        publisher.maybe_publish({1: state})
+        assert publisher.repeats == 1  # not before another repeat interval
+    finally:
+        publisher.close()
+
+
+def test_the_collector_keeps_offering_the_final_map_to_a_viewer_that_comes_late():
+    """The collector publishes a series' final snapshot once; a viewer subscribing after the
+    series finished still receives it (the publisher repeats it from the collector's loop)."""
+    context = zmq.Context.instance()
+    outcomes: queue.Queue = queue.Queue()
+    collector = Collector("tcp://127.0.0.1:0", PARAMETERS, outcomes.put, publish_endpoint="tcp://127.0.0.1:0",
+                          context=context)
+    collector.start()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(collector.endpoint)
+    subscriber = None
+    try:
+        n_frames = 6
+        info = wire.SeriesInfo(11, "v2", n_frames, (4, 4), "uint32", None, None, None, None, None)
+        push.send_multipart(wire.encode_series(info, None))
+        for k in range(n_frames):
+            push.send_multipart(wire.encode_result({"series_id": 11, "frame_index": k},
+                                                   np.array([10.0 * k, 1.5]), np.zeros(2, np.int32)))
+        accounting = SeriesAccounting(11, n_frames)
+        for k in range(n_frames):
+            accounting.record_frame(k)
+        push.send_multipart([wire.SUMMARY, wire.dumps(dict(accounting.summary("end").as_dict(),
+                                                           forwarded=n_frames, workers=[]))])
+        outcome = outcomes.get(timeout=10)
+        subscriber = MapSubscriber(collector.publisher.endpoint)
+        received = _receive(subscriber, None, 6.0, lambda got: bool(got) and got[-1].final)
+        assert received and received[-1].final, "no final snapshot reached the late subscriber"
+        final = received[-1]
+        assert final.series_id == 11 and final.measured == n_frames
+        np.testing.assert_array_equal(final.map("saxs_intensity"), outcome.maps.values["saxs_intensity"])
+        np.testing.assert_array_equal(final.map("a_mean_nm"), outcome.maps.values["a_mean_nm"])
+    finally:
+        collector.stop()
+        push.close(linger=0)
+        if subscriber is not None:
+            subscriber.close()
