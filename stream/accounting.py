@@ -8,7 +8,8 @@ series end, or on a time-out when the end never comes.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,31 @@ class AccountingSummary:
     missing: tuple[int, ...]
     reasons: dict[str, int] = field(default_factory=dict)
     ended_by: str = "end"
+
+    def with_undecodable(self, reasons: Mapping[int, str]) -> "AccountingSummary":
+        """This summary with frames that were received but could not be decoded downstream.
+
+        The ingest checks only a message's framing (cheap); a payload whose compressed blocks
+        are corrupt fails later, in the worker that decompresses it. The collector gathers
+        those failures and merges them here: each such frame moves from ``received`` to
+        ``undecodable`` and its reason is counted.
+
+        Parameters
+        ----------
+        reasons : mapping of int to str
+            Frame index -> why the frame could not be decoded.
+
+        Returns
+        -------
+        AccountingSummary
+            A new summary (this one is unchanged).
+        """
+        if not reasons:
+            return self
+        merged = Counter(self.reasons)
+        merged.update(reasons.values())
+        return replace(self, received=self.received - len(reasons),
+                       undecodable=self.undecodable + len(reasons), reasons=dict(merged))
 
     @property
     def lost(self) -> int:

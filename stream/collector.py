@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SeriesOutcome:
-    """A finished series: its maps, accounting and any problems."""
+    """A finished series: its maps, accounting and any problems.
+
+    ``summary`` is the ingest's accounting with the frames the workers could not decompress
+    merged in (counted undecodable with their reasons, not received); ``analysis_errors``
+    holds only the failures of frames that were decoded.
+    """
 
     info: wire.SeriesInfo
     grid: ScanGrid
@@ -59,6 +64,7 @@ class _Series:
         self.outside_grid = 0
         self.workers: list[str] | None = None
         self.averages: dict[str, tuple] = {}
+        self.undecodable: dict[int, str] = {}  # frame index -> why a worker could not decode it
 
     def averages_complete(self) -> bool:
         return self.workers is not None and all(name in self.averages for name in self.workers)
@@ -189,7 +195,7 @@ class Collector(LoopThread):
             return
         series.results += 1
         if meta.get("error"):
-            series.errors[meta["error"]] = series.errors.get(meta["error"], 0) + 1
+            _record_error(series, meta)
         if meta.get("received_ns"):
             series.latencies_ms.append((time.time_ns() - meta["received_ns"]) / 1e6)
         if values.size != len(self.parameters):
@@ -231,8 +237,11 @@ class Collector(LoopThread):
         if series.outside_grid:
             series.problems.append(f"{series.outside_grid} frames fell outside the {series.grid.shape} scan grid")
         average = self._analyse_average(series)
+        summary = series.summary
+        if summary is not None:
+            summary = summary.with_undecodable(series.undecodable)
         outcome = SeriesOutcome(
-            info=series.info, grid=series.grid, maps=series.maps, summary=series.summary,
+            info=series.info, grid=series.grid, maps=series.maps, summary=summary,
             results=series.results, analysis_errors=series.errors, problems=series.problems,
             latencies_ms=series.latencies_ms, complete=complete and series.summary is not None,
             average=average,
@@ -258,6 +267,24 @@ class Collector(LoopThread):
             log.exception("average-pattern analysis of series %d failed", series.info.series_id)
             series.problems.append(f"average-pattern analysis failed: {exc}")
             return None
+
+
+def _record_error(series: _Series, meta: dict) -> None:
+    """Count a failed result: an undecodable payload in the frame accounting, anything else
+    as an analysis error.
+
+    Parameters
+    ----------
+    series : _Series
+    meta : dict
+        The result's metadata, with a non-empty ``error``.
+    """
+    error = str(meta["error"])
+    if meta.get("undecodable") and meta.get("frame_index") is not None:
+        index = int(meta["frame_index"])
+        series.undecodable[index] = f"{error} (series {series.info.series_id}, frame {index}, at decompression)"
+    else:
+        series.errors[error] = series.errors.get(error, 0) + 1
 
 
 def default_grid(info: wire.SeriesInfo) -> ScanGrid:

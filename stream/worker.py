@@ -111,9 +111,12 @@ class Worker:
         return parts
 
     def _on_frame(self, parts) -> list[bytes]:
+        """Analyse one frame; the result's ``error`` says why it failed, and ``undecodable``
+        whether its payload could not be decompressed (a frame the accounting must count)."""
         started_ns = time.time_ns()
         meta: dict = {}
         error = None
+        undecodable = False
         n_params = len(self.analyzers.parameter_names)
         values = np.full(n_params, np.nan)
         statuses = np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32)
@@ -126,6 +129,7 @@ class Worker:
                 frame = decompress(payload, meta["compression"], meta["dtype"], meta["shape"])
             except BraggmapError:
                 statuses[:] = Status.UNDECODABLE
+                undecodable = True  # the collector counts it in the series' frame accounting
                 raise
             self.analyzer.analyse(frame, values, statuses, saturation_value=self.saturation_value)
         except BraggmapError as exc:
@@ -142,6 +146,7 @@ class Worker:
             "done_ns": time.time_ns(),
             "worker": self.name,
             "error": error,
+            "undecodable": undecodable,
         }
         return wire.encode_result(out, values, statuses)
 

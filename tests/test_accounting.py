@@ -51,3 +51,17 @@ def test_frames_beyond_expected_are_counted():
     for index in (0, 1, 2):
         accounting.record_frame(index)
     assert accounting.summary().received == 3
+
+
+def test_frames_undecodable_in_a_worker_are_merged_into_the_summary():
+    accounting = SeriesAccounting(series_id=4, expected=5)
+    for index in range(5):
+        accounting.record_frame(index)
+    accounting.record_undecodable(None, "bad JSON")
+    summary = accounting.summary()
+    merged = summary.with_undecodable({3: "truncated blob (series 4, frame 3, at decompression)"})
+    assert merged.received == 4 and merged.undecodable == 2 and merged.lost == 2
+    assert merged.reasons == {"bad JSON": 1, "truncated blob (series 4, frame 3, at decompression)": 1}
+    assert merged.line() == "frames: expected 5, received 4, lost 2 (undecodable 2)"
+    assert summary.received == 5 and summary.undecodable == 1  # the ingest's summary is unchanged
+    assert summary.with_undecodable({}) is summary
