@@ -93,6 +93,20 @@ def expected_saxs_map(saxs_pixels: float, skip: frozenset[int] = frozenset()) ->
     return expected
 
 
+def test_two_workers_place_every_frame_and_account_for_it_exactly(service, detector, setup):
+    send_series(detector, series_id=21)
+    outcome = service.wait_for_series(60)
+    assert outcome.info.series_id == 21 and outcome.complete
+    summary = outcome.summary
+    assert summary.line() == f"frames: expected {N_FRAMES}, received {N_FRAMES}, lost 0"
+    assert summary.missing == () and summary.duplicates == 0 and summary.reasons == {}
+    assert outcome.results == N_FRAMES and outcome.analysis_errors == {} and outcome.problems == []
+    assert len(service.ingest.series_workers) == 2, "both workers analysed frames of the series"
+    assert outcome.maps.n_repeated == 0 and (outcome.maps.measured_count == 1).all()
+    np.testing.assert_allclose(outcome.maps.values["saxs_intensity"], expected_saxs_map(saxs_pixel_count(setup)),
+                               rtol=1e-12)
+
+
 def test_corrupt_blob_is_counted_undecodable_with_its_reason(service, detector, setup):
     send_series(detector, series_id=22, corrupt=frozenset({5}))
     outcome = service.wait_for_series(60)
