@@ -7,6 +7,8 @@ and the collector are plain sockets held by the test, so the ingest is tested on
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ from stream.codecs import compress
 from stream.ingest import Ingest
 from stream.messages import ImageFrame, SeriesEnd, SeriesStart
 from stream.protocol_v1 import encode_v1_end, encode_v1_image, encode_v1_start
+from stream.protocol_v2 import encode_v2_end, encode_v2_image, encode_v2_start
 
 SHAPE = (6, 5)
 CONFIG = {
@@ -187,3 +190,70 @@ def test_frames_without_header_open_a_headerless_series(harness_factory):
     assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
     summary = wire.loads(harness.collect(wire.SUMMARY)[1])
     assert summary["received"] == 1 and summary["expected"] is None
+
+
+def _with_detail(parts: list[bytes], **changes) -> list[bytes]:
+    """An image message whose ``dimage_d-1.0`` part has ``changes`` applied."""
+    detail = dict(json.loads(parts[1]), **changes)
+    return [parts[0], json.dumps(detail).encode(), *parts[2:]]
+
+
+def _truncated(parts: list[bytes]) -> list[bytes]:
+    """The blob cut to 8 bytes (shorter than its 12-byte header), ``size`` adjusted to match."""
+    return _with_detail([parts[0], parts[1], parts[2][:8], *parts[3:]], size=8)
+
+
+V1_BAD_FRAME_1 = {  # message sent in place of frame 1 -> (counted as, text in its reason)
+    "bad JSON": (lambda parts: [b"{not json", b"x"], "malformed", "bad JSON in first part"),
+    "wrong part count": (lambda parts: parts[:3], "undecodable",
+                         "wrong part count: an image message needs 4 or 5 parts, got 3"),
+    "truncated blob": (_truncated, "undecodable", "truncated blob: 8 bytes"),
+    "wrong size": (lambda parts: _with_detail(parts, size=999), "undecodable",
+                   "size mismatch: dimage_d-1.0 says size 999"),
+    "unknown encoding": (lambda parts: _with_detail(parts, encoding="bs32-zstd<"), "undecodable",
+                         "unknown encoding 'bs32-zstd<'"),
+    "unknown htype": (lambda parts: [b'{"htype":"dfoo-1.0","series":7}'], "malformed",
+                      "unknown htype 'dfoo-1.0'"),
+}
+V2_BAD_FRAME_1 = {
+    "CBOR garbage": (lambda parts: [b"\xd9\xd9\xf7\xff\xff\x00"], "malformed", "CBOR garbage"),
+}
+
+
+def _v1_messages() -> tuple[list, list, list, list]:
+    """Start, image messages 0-2 and end of a three-frame v1 series."""
+    return (encode_v1_start(start_message(n_images=3)), *(encode_v1_image(image_message(i)) for i in range(3)),
+            encode_v1_end(SeriesEnd(series_id=7)))
+
+
+def _v2_messages() -> tuple[list, list, list, list]:
+    """The same series as v2 (CBOR) messages."""
+    start = dataclasses.replace(start_message(n_images=3), protocol="v2")
+    return ([encode_v2_start(start)], *([encode_v2_image(image_message(i))] for i in range(3)),
+            [encode_v2_end(SeriesEnd(series_id=7))])
+
+
+@pytest.mark.parametrize("case", [*V1_BAD_FRAME_1, *V2_BAD_FRAME_1])
+def test_each_kind_of_malformed_message_is_counted_with_its_reason(harness_factory, case):
+    """Frame 1 replaced by a bad message: counted once with a readable reason; frame 2, sent
+    after it, is still received and forwarded, and nothing else is lost."""
+    make_bad, counted_as, reason_text = {**V1_BAD_FRAME_1, **V2_BAD_FRAME_1}[case]
+    start, frame0, frame1, frame2, end = _v2_messages() if case in V2_BAD_FRAME_1 else _v1_messages()
+    harness = harness_factory()
+    worker = harness.add_worker(credits=10)
+    for parts in (start, frame0, make_bad(frame1), frame2, end):
+        harness.send(parts)
+
+    assert receive(worker)[0] == wire.SERIES
+    forwarded = [wire.decode_frame(receive(worker))[0]["frame_index"] for _ in range(2)]
+    assert forwarded == [0, 2]
+    summary = wire.loads(harness.collect(wire.SUMMARY)[1])
+    other = {"malformed": "undecodable", "undecodable": "malformed"}[counted_as]
+    assert summary[counted_as] == 1 and summary[other] == 0, summary
+    assert summary["received"] == 2 and summary["forwarded"] == 2 and summary["lost"] == 1
+    assert summary["missing"] == ([1] if counted_as == "malformed" else [])
+    assert summary["ended_by"] == "end" and summary["duplicates"] == 0
+    (reason,) = summary["reasons"]
+    assert reason_text in reason, reason
+    if counted_as == "undecodable":
+        assert "frame 1" in reason, reason
