@@ -20,7 +20,9 @@ from analysis.errors import ConfigurationError
 from analysis.map_parameters import parameter_names
 from analysis.map_state import MapState
 from analysis.scan_grid import ScanGrid
-from stream.published_state import MapPublisher, MapSnapshot, encode_snapshot
+from stream import wire
+from stream.frame_detail import error_reply
+from stream.published_state import MapPublisher, MapSnapshot, encode_snapshot, snapshot_of
 from viewer.app import ViewerWindow
 from viewer.map_coordinates import image_placement, pixel_at, position_um
 from analysis.scan_request import motor_range, scan_request
@@ -297,49 +299,175 @@ def test_a_slow_viewer_never_blocks_the_publisher(qtbot, window_on):
         publisher.close()
 
 
-def test_61_by_61_scan_at_200_frames_per_second_stays_responsive(qtbot, pub, window_on):
-    socket, endpoint = pub
-    window = window_on(endpoint)
-    grid = ScanGrid((61, 61), step_um=(0.1, 0.1))
-    full = crystal_snapshot(grid, measured_rows=61)
-    ticks: list[float] = []
+class FakeDetailServer:
+    """REP on 127.0.0.1 answering every frame-detail request with an error reply naming the
+    frame asked for (the viewer's whole request path runs; no frames need analysing)."""
+
+    def __init__(self) -> None:
+        self.socket = zmq.Context.instance().socket(zmq.REP)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.endpoint = f"tcp://127.0.0.1:{self.socket.bind_to_random_port('tcp://127.0.0.1')}"
+        self.requests: list[dict] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fake-detail", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.socket.poll(50, zmq.POLLIN):
+                request = wire.loads(self.socket.recv())
+                self.requests.append(request)
+                self.socket.send_multipart(error_reply(f"fake server: frame {request['frame_index']} "
+                                                       f"of series {request['series_id']}"))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.socket.close(linger=0)
+
+
+SCAN_RATE_HZ = 200.0  # scan points a second
+PUBLISH_RATE_HZ = 40.0  # publisher's own limit: twice the viewer's redraw cap, so the cap is what holds
+PREFILLED = 1221  # points measured before the test's clock starts; the other 2500 come at 200/s
+
+
+def _schedstat(thread_id: int) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a thread of this process,
+    from Linux schedstat; None where the kernel does not say."""
+    try:
+        with open(f"/proc/self/task/{thread_id}/schedstat") as stat:
+            on_cpu, waiting = stat.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def test_61_by_61_scan_at_200_frames_per_second_stays_responsive(qtbot, window_on):
+    """A 61 x 61 scan's MapState grows at 200 points/s in a service thread and goes out through
+    a real MapPublisher (its own rate limit, final snapshot once, then its repeats) as the
+    collector does; the viewer shows the final map, redraws at most 20 Hz, follows the scan
+    closely, its event loop never stalls, and a click during the load is answered at once.
+
+    Stalls are the gaps between ticks of a 20 ms timer in the GUI thread. On a machine shared
+    with other jobs a gap also holds the time the GUI thread was runnable but had no CPU, and
+    here the time the fake collector thread ran (it shares the GIL with the GUI thread; the
+    service's collector is another process): both (Linux schedstat) are taken out for the
+    viewer's own stall, bounded tightly; the plain gap gets a loose bound."""
+    grid = ScanGrid((61, 61), snake=True, step_um=(0.1, 0.1), axis_names=("piezo_y", "piezo_x"))
+    source = crystal_snapshot(grid, measured_rows=61, series_id=9)
+    maps = MapState(grid.shape, list(PARAMETERS))
+    state = SimpleNamespace(maps=maps, grid=grid, results=0)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=PUBLISH_RATE_HZ)
+    detail_server = FakeDetailServer()
+    window = window_on(publisher.endpoint, detail_endpoint=detail_server.endpoint)
+    stop, finished = threading.Event(), threading.Event()
+    timing = {}
+
+    def service():  # the collector's part: place each result, maybe_publish in the loop
+        timing["thread_id"] = threading.get_native_id()
+        started = time.monotonic()
+        for k in range(grid.n_points):
+            if stop.is_set():
+                return
+            if k == PREFILLED:
+                started = timing["started"] = time.monotonic()
+            if k > PREFILLED:
+                delay = started + (k - PREFILLED) / SCAN_RATE_HZ - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            row, column = grid.position(k)
+            maps.update(row, column, source.values[:, row, column], source.statuses[:, row, column])
+            state.results = k + 1
+            publisher.maybe_publish({9: state})
+        timing["scan_s"] = time.monotonic() - started
+        publisher.publish_now(9, state, final=True)
+        timing["final_published"] = time.monotonic()
+        finished.set()
+        while not stop.is_set():  # the finished series is gone from the collector's dict
+            publisher.maybe_publish({})
+            time.sleep(0.1)
+
+    ticks: list[tuple[float, tuple | None, tuple | None]] = []  # time, GUI and collector thread schedstat
+    gui_thread = threading.get_native_id()
     probe = QtCore.QTimer()
     probe.setInterval(20)
-    probe.timeout.connect(lambda: ticks.append(time.monotonic()))
-    stop = threading.Event()
-    published = []
-
-    def service():  # the last 4 s of the scan: 200 frames/s, snapshots at 20 Hz (4 x the collector's rate)
-        values, statuses = full.values.copy(), full.statuses.copy()
-        version, measured = 0, grid.n_points - 800
-        while not stop.is_set() and measured < grid.n_points:
-            measured = min(measured + 10, grid.n_points)
-            version += 1
-            shown = values.copy().reshape(len(PARAMETERS), -1)
-            shown[:, measured:] = np.nan
-            snapshot = MapSnapshot(9, version, full.parameters, grid, shown.reshape(values.shape), statuses,
-                                   measured, measured == grid.n_points)
-            socket.send_multipart(encode_snapshot(snapshot))
-            published.append(snapshot)
-            time.sleep(0.05)
-
-    publish_until_drawn(qtbot, socket, window, crystal_snapshot(grid, version=0, series_id=9, measured_rows=0))
-    thread = threading.Thread(target=service)
-    probe.start()
-    started, redraws_before = time.monotonic(), window.redraws
-    thread.start()
+    probe.timeout.connect(lambda: ticks.append((time.monotonic(), _schedstat(gui_thread),
+                                                _schedstat(timing["thread_id"]))))
+    lag_points: list[int] = []  # how far behind the scan (at 200 points/s) each snapshot handed to the map is
+    window.feed.snapshot.connect(lambda snapshot: "started" in timing and not finished.is_set()
+                                 and lag_points.append(state.results - snapshot.measured))
+    thread = threading.Thread(target=service, name="fake-collector")
     try:
-        qtbot.waitUntil(lambda: not thread.is_alive(), timeout=60000)
+        thread.start()
+        qtbot.waitUntil(lambda: window.snapshot is not None, timeout=10000)
+        probe.start()
+        measured_at_probe, redraws_before, probe_started = window.snapshot.measured, window.redraws, time.monotonic()
+        # a click on a measured pixel while the map grows
+        qtbot.waitUntil(lambda: window.snapshot.measured > grid.n_points * 0.6, timeout=20000)
+        row, column = 20, 31
+        point = window.map_panel.widget_point_of(*position_um(grid, row, column))
+        clicked = time.monotonic()
+        qtbot.mouseClick(window.map_panel.plot.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=point)
+        click_s = time.monotonic() - clicked
+        assert window.selected == (9, row, column)
+        expected_answer = f"fake server: frame {grid.frame_index(row, column)} of series 9"
+        qtbot.waitUntil(lambda: expected_answer in window.detail.header.text(), timeout=5000)
+        answer_s = time.monotonic() - clicked
+        measured_at_answer = window.snapshot.measured
+        qtbot.waitUntil(finished.is_set, timeout=30000)  # (the event loop runs meanwhile)
+        qtbot.waitUntil(lambda: window.snapshot.final, timeout=10000)
+        final_drawn = time.monotonic()
+        qtbot.wait(200)  # a few ticks after the last redraw
+        probe.stop()
     finally:
         stop.set()
-        thread.join()
-    publish_until_drawn(qtbot, socket, window, published[-1])
-    probe.stop()
-    elapsed = time.monotonic() - started
-    gaps = np.diff(ticks)
-    assert gaps.max() < 0.5, f"the event loop stalled for {gaps.max():.2f} s"
-    assert window.redraws - redraws_before <= 20 * elapsed * 1.25 + 2
-    assert window.snapshot.final and window.snapshot.measured == grid.n_points
+        thread.join(10)
+        detail_server.close()
+        publisher.close()
+    elapsed = final_drawn - probe_started
+    gaps = np.diff([t for t, _, _ in ticks])
+    if all(gui is not None and collector is not None for _, gui, collector in ticks):
+        gui_waiting = np.diff([gui[1] for _, gui, _ in ticks])
+        collector_running = np.diff([collector[0] for _, _, collector in ticks])
+        own = gaps - gui_waiting - collector_running
+    else:  # no schedstat: the plain gaps
+        own = gaps
+    redraws = window.redraws - redraws_before
+    intervals = np.diff([t for t in window.redraw_times if t >= probe_started])
+    lag_s = np.array(lag_points) / SCAN_RATE_HZ
+    final_s = final_drawn - timing["final_published"]
+    print(f"\n61 x 61 at {SCAN_RATE_HZ:g} points/s: {grid.n_points - PREFILLED} points in {timing['scan_s']:.1f} s "
+          f"(measured {measured_at_probe} when the probe started); publisher <= {PUBLISH_RATE_HZ:g} Hz; "
+          f"viewer: {redraws} redraws in {elapsed:.1f} s ({redraws / elapsed:.1f} Hz, shortest interval "
+          f"{intervals.min() * 1e3:.0f} ms), {window.feed.skipped} snapshots skipped, lag behind the scan median "
+          f"{np.median(lag_s) * 1e3:.0f} ms, 90th percentile {np.percentile(lag_s, 90) * 1e3:.0f} ms, final map "
+          f"drawn {final_s * 1e3:.0f} ms after it was published; 20 ms timer over {gaps.size} gaps: max gap "
+          f"{gaps.max() * 1e3:.0f} ms (99th percentile {np.percentile(gaps, 99) * 1e3:.0f} ms), without the "
+          f"CPU waits and the collector thread {own.max() * 1e3:.0f} ms (99th percentile {np.percentile(own, 99) * 1e3:.0f} "
+          f"ms); click handled in {click_s * 1e3:.0f} ms, detail answer shown after {answer_s * 1e3:.0f} ms "
+          f"(map at {measured_at_answer} points)")
+    # the final map is the one published
+    expected = snapshot_of(9, 0, PARAMETERS, grid, maps, final=True)
+    shown = window.snapshot
+    assert shown.final and shown.series_id == 9 and shown.measured == grid.n_points
+    np.testing.assert_array_equal(shown.values, expected.values)
+    np.testing.assert_array_equal(shown.statuses, expected.statuses)
+    np.testing.assert_array_equal(window.map_panel.image.image, source.map("saxs_intensity"))
+    assert f"{grid.n_points} of {grid.n_points} points (final)" in window.status.text()
+    # 20 Hz at most, and the viewer kept drawing the growing map, close behind the scan
+    assert intervals.min() >= 0.049, intervals.min()
+    assert redraws <= 20 * elapsed * 1.1 + 2, (redraws, elapsed)
+    assert redraws >= 2 * elapsed, f"only {redraws} redraws in {elapsed:.1f} s"
+    assert window.feed.skipped > 0  # snapshots came faster than drawn: dropped, not queued
+    assert np.percentile(lag_s, 90) < 1.0, f"the map trailed the scan by {np.percentile(lag_s, 90):.2f} s"
+    assert final_s < 3.5, final_s  # at once, or by a repeat of the publisher (every 1 s) if it was dropped
+    # responsive: no event-loop stall, the click and its answer at once
+    assert own.max() < 0.25, f"the event loop stalled for {own.max():.2f} s (CPU waits and collector taken out)"
+    assert gaps.max() < 2.0, f"the event loop stalled for {gaps.max():.2f} s"
+    assert click_s < 0.25, click_s
+    assert answer_s < 2.0, answer_s
+    assert len(detail_server.requests) == 1
+    assert measured_at_answer < grid.n_points  # answered while the scan still ran
     save(window, "viewer_61x61.png")
 
 
