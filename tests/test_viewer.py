@@ -563,3 +563,141 @@ def test_braggmap_view_starts_the_viewer_module(monkeypatch):
     assert (args.publish, args.detail) == ("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558")
     assert cli.build_parser().parse_args(["view"]).maps == args.publish
     assert cli.build_parser().parse_args(["demo", "--no-viewer"]).no_viewer
+
+
+def test_a_display_is_available_with_an_x11_or_wayland_display(monkeypatch):
+    from stream import cli
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert not cli._display_available()
+    monkeypatch.setenv("DISPLAY", "")
+    assert not cli._display_available()  # set but empty: no display
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert cli._display_available()
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert cli._display_available()
+
+
+@pytest.mark.parametrize("display, no_viewer, opens", [(":1", False, True), (":1", True, False), (None, False, False)])
+def test_the_demo_opens_the_viewer_only_with_a_display(monkeypatch, tmp_path, display, no_viewer, opens):
+    import subprocess
+
+    from stream import cli
+
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if display is None:
+        monkeypatch.delenv("DISPLAY", raising=False)
+    else:
+        monkeypatch.setenv("DISPLAY", display)
+    synthesized = SimpleNamespace(returncode=0, stdout=f"master {tmp_path / 'scan_master.h5'}\n", stderr="")
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: synthesized)  # no scan generated
+    started = {}
+
+    def run_through_service(master, setup, grid, args, output_dir, appendix=None, on_started=None):
+        started.update(master=master, on_started=on_started)
+        return 0
+
+    monkeypatch.setattr(cli, "_run_through_service", run_through_service)
+    argv = ["demo", "--output", str(tmp_path), "--cache-dir", str(tmp_path)] + (["--no-viewer"] if no_viewer else [])
+    assert cli.main(argv) == 0
+    assert started["master"] == tmp_path / "scan_master.h5"
+    assert started["on_started"] is (cli._start_demo_viewer if opens else None)
+
+
+def _connections_accepted(monitor) -> int:
+    from zmq.utils.monitor import recv_monitor_message
+
+    accepted = 0
+    while monitor.poll(0):
+        if recv_monitor_message(monitor)["event"] == zmq.EVENT_ACCEPTED:
+            accepted += 1
+    return accepted
+
+
+def test_the_demo_viewer_is_braggmap_view_on_the_service_endpoints(monkeypatch, capsys):
+    """The demo's viewer start, for real: `python -m viewer` (offscreen) against a publishing
+    map endpoint, in its own session, its output in a log file; it connects, keeps running
+    after the call returns, and stops cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    from stream import cli
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    launched = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        launched.append(real_popen(*args, **kwargs))
+        return launched[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    publisher = MapPublisher("tcp://127.0.0.1:0", repeat_interval_s=0.2)
+    monitor = publisher.socket.get_monitor_socket(zmq.EVENT_ACCEPTED)
+    detail = FakeDetailServer()
+    log_path = Path(tempfile.gettempdir()) / f"braggmap-viewer-{os.getpid()}.log"
+    try:
+        state = SimpleNamespace(maps=MapState(GRID.shape, list(PARAMETERS)), grid=GRID, results=0)
+        publisher.publish_now(3, state, final=True)
+        cli._start_demo_viewer(SimpleNamespace(publish_endpoint=publisher.endpoint, detail_endpoint=detail.endpoint))
+        (process,) = launched
+        assert process.args == [sys.executable, "-m", "viewer", "--maps", publisher.endpoint,
+                                "--detail", detail.endpoint]
+        assert "the live viewer is open" in capsys.readouterr().out
+        assert process.poll() is None, log_path.read_text()  # still running after the 3 s the demo waits
+        assert os.getsid(process.pid) == process.pid  # its own session: it outlives the demo
+        deadline, accepted = time.monotonic() + 10, 0
+        while time.monotonic() < deadline and not accepted:
+            publisher.maybe_publish({})
+            accepted = _connections_accepted(monitor)
+            time.sleep(0.05)
+        assert accepted == 1, "the viewer never connected to the map endpoint"
+        process.send_signal(signal.SIGINT)  # what Ctrl-C in its terminal does
+        assert process.wait(10) == -signal.SIGINT
+        log = log_path.read_text()
+        assert "Traceback" not in log and "rror" not in log, log
+    finally:
+        for process in launched:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        monitor.close(linger=0)
+        publisher.close()
+        detail.close()
+        log_path.unlink(missing_ok=True)
+
+
+def test_a_demo_viewer_that_cannot_start_is_one_line(monkeypatch, capsys):
+    """A viewer that exits at once (here a stand-in saying what Qt says without its system
+    libraries) is reported in one line naming the reason; its output stays in the log."""
+    import os
+    import sys
+    import tempfile
+
+    from stream import cli
+
+    qt_says = 'qt.qpa.plugin: Could not load the Qt platform plugin "xcb" in "" even though it was found.'
+    commands = []
+
+    def failing_viewer(maps_endpoint, detail_endpoint):
+        commands.append((maps_endpoint, detail_endpoint))
+        return [sys.executable, "-c", f"import sys; print('starting'); sys.exit({qt_says!r})"]
+
+    monkeypatch.setattr(cli, "_viewer_command", failing_viewer)
+    log_path = Path(tempfile.gettempdir()) / f"braggmap-viewer-{os.getpid()}.log"
+    try:
+        cli._start_demo_viewer(SimpleNamespace(publish_endpoint="tcp://127.0.0.1:7001", detail_endpoint=None))
+        out = capsys.readouterr().out.strip().splitlines()
+        assert commands == [("tcp://127.0.0.1:7001", None)]
+        assert out == [f"braggmap demo: the live viewer could not start ({qt_says}); the maps are still written "
+                       f"(log: {log_path})"]
+        assert log_path.read_text().splitlines() == ["starting", qt_says]
+    finally:
+        log_path.unlink(missing_ok=True)
+    cli._start_demo_viewer(SimpleNamespace(publish_endpoint=None, detail_endpoint=None))  # no maps: nothing
+    assert capsys.readouterr().out == "" and len(commands) == 1
