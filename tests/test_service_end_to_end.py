@@ -133,3 +133,15 @@ def test_bad_peak_model_is_a_one_line_error(small_scan, tmp_path):
     result = run_braggmap("replay", str(small_scan), "--peaks", str(peaks))
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "peaks.yaml" in result.stderr
+
+
+def test_unknown_layout_is_a_one_line_error(tmp_path):
+    master = tmp_path / "odd_master.h5"
+    with h5py.File(master, "w") as handle:
+        handle.create_group("/entry/instrument")  # an HDF5 file, but no /entry/data
+    result = run_braggmap("replay", str(master), "--output", str(tmp_path / "maps"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = result.stderr.strip()
+    assert message.count("\n") == 0, message
+    assert message.startswith("braggmap replay: error: ") and "odd_master.h5" in message
+    assert "unknown layout" in message and "/entry/data" in message, message
