@@ -282,6 +282,7 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
             failures.append(f"writing the maps to {output_dir} failed: {type(exc).__name__}: {exc}")
 
     service.on_series_complete = write
+    outcome = None
     try:
         try:
             service.start()
@@ -295,9 +296,9 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
         progress.finish()
     finally:
         service.stop()
-        if simulator.poll() is None:
-            simulator.terminate()
-        simulator.wait(10)
+        sent = _stop_simulator(simulator, grace_s=5.0 if outcome is not None else 0.0)
+    if sent:
+        print(f"detector simulator: {sent}")
     geometry_problems = [p for p in outcome.problems if "geometry" in p or "does not match" in p]
     if geometry_problems and outcome.results and all(
             e for e in outcome.analysis_errors) and sum(outcome.analysis_errors.values()) >= outcome.results:
@@ -316,6 +317,31 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
         print(f"maps: {h5_path}")
         print(f"figure: {png_path}")
     return 0
+
+
+def _stop_simulator(simulator: subprocess.Popen, grace_s: float) -> str:
+    """Let the simulator exit by itself for up to ``grace_s`` (it has sent its series), else
+    stop it.
+
+    Parameters
+    ----------
+    simulator : subprocess.Popen
+        The detector simulator (or simulated beamline) process, stdout piped.
+    grace_s : float
+        Seconds to wait before terminating it (0 after an error).
+
+    Returns
+    -------
+    str
+        Its report of what it sent (``sent N frames of series S in T s (R Hz)``), or ``""``.
+    """
+    try:
+        simulator.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        simulator.terminate()
+    simulator.wait(10)
+    report = simulator.stdout.read() if simulator.stdout is not None else ""
+    return next((line.strip() for line in report.splitlines() if line.startswith("sent ")), "")
 
 
 def _wait_for_outcome(service, simulator: subprocess.Popen):

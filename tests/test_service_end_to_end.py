@@ -8,6 +8,7 @@ must be accounted for, and bad input must end with a one-line error.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,14 @@ import pytest
 
 from analysis.frame_analysis import FrameAnalyzer
 from analysis.status import Status
-from simulators.eiger_files import open_eiger_scan
+from analysis.scan_grid import ScanGrid
+from simulators.eiger_files import EigerMetadata, open_eiger_scan, write_eiger_scan
 from simulators.synthetic_scan import SyntheticScanConfig, truth_path, write_synthetic_scan
 from stream.analysis_setup import AnalysisSetup
 from stream.background_file import load_background
 from stream.config_files import load_geometry, load_peak_model
 from stream.map_file import read_map_file
+from small_detector import SHAPE as SMALL_SHAPE, counts_of, flat_frame, saxs_pixel_count, write_setup
 
 BRAGGMAP = [sys.executable, "-m", "stream.cli"]
 GRID = (4, 5)
@@ -145,3 +148,35 @@ def test_unknown_layout_is_a_one_line_error(tmp_path):
     assert message.count("\n") == 0, message
     assert message.startswith("braggmap replay: error: ") and "odd_master.h5" in message
     assert "unknown layout" in message and "/entry/data" in message, message
+
+
+@pytest.fixture(scope="module")
+def small_detector_scan(tmp_path_factory):
+    """Twelve flat frames of the small test detector as an EIGER master + data file, without a
+    scan description (the raster then comes from the command line), and its analysis set-up."""
+    folder = tmp_path_factory.mktemp("small_detector_scan")
+    metadata = EigerMetadata(shape=SMALL_SHAPE, dtype="uint32", wavelength_m=8.984e-11, pixel_size_m=75e-6)
+    master = write_eiger_scan(folder / "flat_master.h5", [flat_frame(i) for i in range(12)], metadata=metadata)[0]
+    return master, write_setup(folder)
+
+
+def test_replay_grid_snake_and_rate_options_take_effect(small_detector_scan, tmp_path):
+    master, setup = small_detector_scan
+    rate_hz = 20.0
+    result = run_braggmap("replay", str(master), "--poni", setup.poni_path, "--peaks", setup.peaks_path,
+                          "--grid", "3", "4", "--snake", "--step", "0.5", "2", "--rate", str(rate_hz),
+                          "--output", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "frames: expected 12, received 12, lost 0" in result.stdout.splitlines()
+    sent = re.search(r"detector simulator: sent (\d+) frames of series \d+ in [\d.]+ s \(([\d.]+) Hz\)",
+                     result.stdout)
+    assert sent and int(sent[1]) == 12, result.stdout
+    assert float(sent[2]) <= rate_hz * 1.05, "--rate paces the detector simulator"
+
+    maps = read_map_file(tmp_path / "maps_series0001.h5")
+    assert maps.grid == ScanGrid(shape=(3, 4), snake=True, step_um=(0.5, 2.0))
+    expected = np.empty((3, 4))
+    for index in range(12):
+        expected[maps.grid.position(index)] = counts_of(index) * saxs_pixel_count(setup)
+    assert expected[1, 3] == counts_of(4) * saxs_pixel_count(setup)  # row 1 runs backwards
+    np.testing.assert_allclose(maps.maps["saxs_intensity"], expected, rtol=1e-12)
