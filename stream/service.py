@@ -25,6 +25,7 @@ from stream.frame_store import FrameStore
 from stream.run_placement import DocumentPlacement
 from stream.documents import DocumentReceiver
 from stream.ingest import Ingest
+from stream.steering_server import SteeringServer
 from stream.worker import WorkerConfig, run_worker_process
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class ServiceConfig:
     ready_timeout_s: float = 180.0
     documents_endpoint: str | None = None  # a beamline's stream.document_log.DocumentLog: maps on run grids
     documents_settle_s: float = 5.0  # a finished series waits this long for its run's documents
+    steering_endpoint: str | None = None  # stream.steering_server: where to scan next (REQ/REP JSON)
 
 
 @dataclass
@@ -82,9 +84,12 @@ class Service:
         self.frame_store: FrameStore | None = None
         self.detail_server: DetailServer | None = None
         self.documents: DocumentReceiver | None = None
+        self.steering: SteeringServer | None = None
 
     def _complete(self, outcome: SeriesOutcome) -> None:
         try:
+            if self.steering is not None:
+                self.steering.add_outcome(outcome)
             if self.on_series_complete is not None:
                 self.on_series_complete(outcome)
         finally:
@@ -110,6 +115,12 @@ class Service:
             series_timeout_s=config.series_timeout_s, frame_store=self.frame_store,
         )
         self.collector.start()
+        if config.steering_endpoint is not None:
+            try:
+                self.steering = SteeringServer(config.steering_endpoint, self.publish_endpoint).start()
+            except BraggmapError:
+                self.stop()
+                raise
         if self.frame_store is not None:
             try:
                 self.detail_server = DetailServer(config.detail_endpoint, self.frame_store,
@@ -159,6 +170,11 @@ class Service:
         """Frame-detail REP endpoint (:mod:`stream.frame_detail`), None when disabled."""
         return self.detail_server.endpoint if self.detail_server is not None else None
 
+    @property
+    def steering_endpoint(self) -> str | None:
+        """Steering REP endpoint (:mod:`stream.steering_server`), None when disabled."""
+        return self.steering.endpoint if self.steering is not None else None
+
     def wait_for_series(self, timeout_s: float | None = None) -> SeriesOutcome:
         """Block until the next series is finished; raises ``queue.Empty`` on time-out."""
         return self.outcomes.get(timeout=timeout_s)
@@ -180,6 +196,8 @@ class Service:
             self.collector.stop()
         if self.detail_server is not None:
             self.detail_server.stop()
+        if self.steering is not None:
+            self.steering.stop()
         if self.frame_store is not None:
             self.frame_store.close()
 

@@ -48,7 +48,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
     """
 
     def __init__(self, maps_endpoint: str | None, detail_endpoint: str | None = None,
-                 rate_hz: float = MAX_RATE_HZ, start: bool = True) -> None:
+                 rate_hz: float = MAX_RATE_HZ, start: bool = True, steering_endpoint: str | None = None) -> None:
         super().__init__()
         self.setWindowTitle(f"braggmap viewer — {maps_endpoint or 'no map endpoint'}")
         self.resize(1700, 950)
@@ -61,7 +61,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.auto_range.setChecked(True)
         self.map_panel = MapPanel()
         self.hover_label = QtWidgets.QLabel(" ")
-        self.region_panel = RegionPanel()
+        self.region_panel = RegionPanel(steering_endpoint=steering_endpoint)
         self.histogram = HistogramPanel()
         self.profile = ProfilePanel()
         self.detail = DetailPanel()
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m viewer", description="braggmap live viewer")
     parser.add_argument("--maps", default=DEFAULT_MAPS_ENDPOINT, help="map snapshot PUB endpoint of the service")
     parser.add_argument("--detail", default=DEFAULT_DETAIL_ENDPOINT, help="frame-detail endpoint of the service")
+    parser.add_argument("--steering", default=None,
+                        help="the service's steering endpoint (serve --steering): drawn regions can be sent there")
     parser.add_argument("--rate", type=float, default=MAX_RATE_HZ, help=f"redraws per second at most (<= {MAX_RATE_HZ:g})")
     parser.add_argument("--quit-after", type=float, default=None, metavar="S", help=argparse.SUPPRESS)
     return parser
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     app = pg.mkQApp("braggmap viewer")
-    window = ViewerWindow(args.maps, args.detail, args.rate)
+    window = ViewerWindow(args.maps, args.detail, args.rate, steering_endpoint=args.steering)
     window.show()
     if args.quit_after is not None:
         QtCore.QTimer.singleShot(int(args.quit_after * 1000), app.quit)
