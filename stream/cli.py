@@ -296,7 +296,8 @@ def _run_through_service(master: Path, setup, grid: ScanGrid | None, args,
         progress.finish()
     finally:
         service.stop()
-        sent = _stop_simulator(simulator, grace_s=5.0 if outcome is not None else 0.0)
+        # the plain simulator exits once its series is out; it then reports what it sent
+        sent = _stop_simulator(simulator, grace_s=5.0 if outcome is not None and documents is None else 0.0)
     if sent:
         print(f"detector simulator: {sent}")
     geometry_problems = [p for p in outcome.problems if "geometry" in p or "does not match" in p]
