@@ -209,3 +209,95 @@ def test_user_region_from_the_viewer_is_suggested_as_drawn(service, steered):
     assert only["strategies"] == ["user"] and only["score"] == 1.0 and "drawn by the user" in only["reason"]
     assert only["args"] == ["sample_y", 30.0, 33.0, 7, "sample_x", 2.0, 6.0, 9]
     client.request({"command": "clear_regions"})
+
+
+# -- the plan's own logic, against a scripted steering endpoint --------------------------------------
+class ScriptedSteering:
+    """Answers ``suggest`` from a list of replies and records the requests."""
+
+    def __init__(self, replies):
+        self.replies, self.requests = list(replies), []
+
+    def suggest(self, **fields):
+        self.requests.append(fields)
+        return self.replies.pop(0)
+
+
+def suggestion(y0, y1, ny, x0, x1, nx, name="s"):
+    return {"id": name, "motors": [{"name": "motor1", "start_um": y0, "stop_um": y1, "num": ny},
+                                   {"name": "motor2", "start_um": x0, "stop_um": x1, "num": nx}],
+            "kwargs": {"snake_axes": True}, "strategies": ["crystal"], "score": 0.9, "reason": "test",
+            "estimated_time_s": 1.0}
+
+
+def reply(*suggestions, deferred=()):
+    return {"basis_series_id": 5, "suggestions": list(suggestions), "deferred": list(deferred)}
+
+
+def run_plan(steering, **options):
+    from bluesky import RunEngine
+    from ophyd.sim import det, motor1, motor2
+
+    engine = RunEngine({}, call_returns_result=False)
+    starts = []
+    engine.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+    summary = {}
+
+    def plan():
+        summary.update((yield from coarse_to_fine(motor1, motor2, ((0, 4), (0, 4)), (3, 3), steering,
+                                                  detectors=[det], **options)))
+
+    engine(plan())
+    return summary, starts
+
+
+def test_approval_runs_only_what_was_approved_and_refusal_ends_the_plan():
+    first, second = suggestion(0, 1, 2, 0, 1, 2, "a"), suggestion(2, 3, 2, 2, 3, 2, "b")
+    seen = []
+
+    def approve(suggestions):
+        seen.append([s["id"] for s in suggestions])
+        return [s for s in suggestions if s["id"] == "b"] if len(seen) == 1 else []
+
+    steering = ScriptedSteering([reply(first, second), reply(first)])
+    summary, starts = run_plan(steering, approve=approve)
+    assert seen == [["a", "b"], ["a"]]
+    assert [[s["id"] for s in r] for r in summary["rounds"]] == [["b"]]
+    assert summary["stopped"] == "no suggestion approved"
+    roles = [d["braggmap_steering"]["role"] for d in starts]
+    assert roles == ["coarse", "fine"] and starts[1]["braggmap_steering"]["id"] == "b"
+    assert starts[1]["braggmap_steering"]["round"] == 1 and list(starts[1]["shape"]) == [2, 2]
+    assert steering.requests[0]["strategies"] == ["crystal"] and steering.requests[0]["wait_for_series"] == []
+
+
+def test_plan_stops_on_nothing_new_on_budget_and_on_foreign_motors():
+    repeat = suggestion(0, 1, 2, 0, 1, 2, "a")
+    summary, _ = run_plan(ScriptedSteering([reply(repeat), reply(repeat)]))
+    assert summary["stopped"] == "nothing new suggested" and len(summary["rounds"]) == 1
+    summary, _ = run_plan(ScriptedSteering([reply(deferred=[repeat])]))
+    assert summary["stopped"] == "what is left does not fit the time budget"
+    steering = ScriptedSteering([reply(suggestion(0, 1, 2, 0, 1, 2, "a")), reply(suggestion(2, 3, 2, 0, 1, 2, "b"))])
+    summary, _ = run_plan(steering, time_budget_s=1e-9)
+    assert summary["stopped"] == "time budget of 1e-09 s spent"
+    assert steering.requests[0]["time_budget_s"] == 1e-9
+    foreign = suggestion(0, 1, 2, 0, 1, 2)
+    foreign["motors"][0]["name"] = "theta"
+    from analysis.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="moves theta and motor2"):
+        run_plan(ScriptedSteering([reply(foreign)]))
+
+
+def test_ask_on_terminal_reads_the_choice(monkeypatch, capsys):
+    from stream.steering_plan import ask_on_terminal
+
+    choices = [suggestion(0, 1, 2, 0, 1, 2, "a"), suggestion(2, 3, 2, 2, 3, 2, "b")]
+    for answer, expected in (("y", ["a", "b"]), ("n", []), ("2", ["b"]), ("1, 2", ["a", "b"])):
+        monkeypatch.setattr("builtins.input", lambda prompt, answer=answer: answer)
+        assert [s["id"] for s in ask_on_terminal(choices)] == expected
+    assert "motor1 0..1 (2) x motor2 0..1 (2)" in capsys.readouterr().out
+    monkeypatch.setattr("builtins.input", lambda prompt: "maybe")
+    from analysis.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="neither y, n nor a list"):
+        ask_on_terminal(choices)
