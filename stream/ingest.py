@@ -7,7 +7,8 @@ worker gets the current series header first); ingest and workers PUSH -> collect
 
 Overflow policy when every worker is busy:
 * ``"block"`` (replay, demo): stop reading the detector socket; ZeroMQ back-pressure slows the
-  sender, nothing is dropped.
+  sender, nothing is dropped. Frames still queued when a series closes (after a worker was lost)
+  wait for the other workers as long as they keep taking frames.
 * ``"drop"`` (live detector, whose own buffer must not fill): keep up to ``max_queue`` frames,
   drop and *count* the rest; dropped frames appear in the series summary.
 """
@@ -49,6 +50,10 @@ class Ingest(LoopThread):
         A series with no message for this long is closed with ``ended_by="timeout"``.
     frame_store : stream.frame_store.FrameStore, optional
         Keeps every accepted frame's compressed payload (for the frame-detail endpoint).
+    drain_timeout_s : float
+        When a series closes with frames still queued: in ``"block"`` mode they wait for the
+        workers as long as a frame was handed out within this time; in ``"drop"`` mode they
+        wait this long in all. Frames left then are counted as dropped.
     """
 
     thread_name = "braggmap-ingest"
@@ -56,7 +61,7 @@ class Ingest(LoopThread):
     def __init__(self, detector_endpoint: str, work_endpoint: str, collector_endpoint: str,
                  protocol: str = "auto", overflow: str = "block", max_queue: int = 64,
                  series_timeout_s: float = 30.0, context: zmq.Context | None = None,
-                 frame_store=None) -> None:
+                 frame_store=None, drain_timeout_s: float = 5.0) -> None:
         if overflow not in ("block", "drop"):
             raise ValueError(f"overflow policy {overflow!r} is not 'block' or 'drop'")
         self._context = context or zmq.Context.instance()
@@ -75,6 +80,7 @@ class Ingest(LoopThread):
         self.overflow = overflow
         self.max_queue = max_queue
         self.series_timeout_s = series_timeout_s
+        self.drain_timeout_s = drain_timeout_s
         self.credits: dict[bytes, int] = {}
         self.queue: deque[list] = deque()
         self.accounting: SeriesAccounting | None = None
@@ -114,15 +120,19 @@ class Ingest(LoopThread):
                     self._handle_detector_burst()
                 self._check_timeout()
         finally:
-            if self.accounting is not None:
-                self._drain_queue_blocking(5.0)
-                self._close_series("shutdown")
+            self._close_series("shutdown")  # hands out what is still queued first
             self.receiver.close()
             self.router.close(linger=0)
             self.to_collector.close()
 
     # -- workers ---------------------------------------------------------------------------
     def _handle_workers(self) -> None:
+        self._read_workers()
+        self._flush_queue()
+        self._maybe_send_pending_end()
+
+    def _read_workers(self) -> None:
+        """Apply every waiting worker message (ready, credit)."""
         while self.router.poll(0, zmq.POLLIN):
             parts = self.router.recv_multipart()
             identity, kind = parts[0], parts[1] if len(parts) > 1 else b""
@@ -140,8 +150,6 @@ class Ingest(LoopThread):
                 self.credits[identity] = self.credits.get(identity, 0) + 1
             else:
                 log.warning("ignoring worker message of kind %r", kind)
-        self._flush_queue()
-        self._maybe_send_pending_end()
 
     def _has_capacity(self) -> bool:
         return any(c > 0 for c in self.credits.values())
@@ -172,15 +180,31 @@ class Ingest(LoopThread):
         while self.queue and self._dispatch(self.queue[0]):
             self.queue.popleft()
 
-    def _drain_queue_blocking(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.queue and time.monotonic() < deadline:
+    def _drain_queue(self) -> None:
+        """Hand the queued frames out to workers as they ask, then count the rest as dropped.
+
+        In ``"block"`` mode nothing decodable may be lost: wait as long as workers keep taking
+        frames, giving up only after :attr:`drain_timeout_s` without one handed out. In
+        ``"drop"`` mode (a live detector, not read meanwhile) wait that long in all.
+        """
+        started = last_progress = time.monotonic()
+        while self.queue:
+            since = last_progress if self.overflow == "block" else started
+            if time.monotonic() - since >= self.drain_timeout_s:
+                break
+            queued = len(self.queue)
             if self.router.poll(100, zmq.POLLIN):
-                self._handle_workers()
+                self._read_workers()
+                self._flush_queue()
+            if len(self.queue) < queued:
+                last_progress = time.monotonic()
+        self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """Count every frame still queued as dropped and forget it."""
         for parts in self.queue:
-            meta = wire.loads(parts[1])
             if self.accounting is not None:
-                self.accounting.record_dropped(meta["frame_index"])
+                self.accounting.record_dropped(wire.loads(parts[1])["frame_index"])
         self.queue.clear()
 
     # -- detector --------------------------------------------------------------------------
@@ -254,10 +278,19 @@ class Ingest(LoopThread):
             self._close_series(self._pending_end)
 
     def _close_series(self, ended_by: str) -> None:
+        """Send the series' summary to the collector and the series end to its workers.
+
+        Parameters
+        ----------
+        ended_by : str
+            Why it closes; a series end (or time-out) already received while frames were
+            still queued takes precedence.
+        """
         if self.accounting is None:
             return
         if self.queue:
-            self._drain_queue_blocking(5.0)
+            self._drain_queue()
+        ended_by = self._pending_end or ended_by
         summary = self.accounting.summary(ended_by).as_dict()
         summary["forwarded"] = self.forwarded
         summary["workers"] = sorted(name.decode(errors="replace") for name in self.series_workers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ from stream.ingest import Ingest
 from stream.messages import ImageFrame, SeriesEnd, SeriesStart
 from stream.protocol_v1 import encode_v1_end, encode_v1_image, encode_v1_start
 from stream.protocol_v2 import encode_v2_end, encode_v2_image, encode_v2_start
+from stream.receiver import Received
 
 SHAPE = (6, 5)
 CONFIG = {
@@ -257,3 +259,112 @@ def test_each_kind_of_malformed_message_is_counted_with_its_reason(harness_facto
     assert reason_text in reason, reason
     if counted_as == "undecodable":
         assert "frame 1" in reason, reason
+
+
+class SlowWorker(threading.Thread):
+    """A worker with one credit that takes ``seconds_per_frame`` over each frame (None: it
+    never finishes one), on its own DEALER socket."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, seconds_per_frame: float | None) -> None:
+        super().__init__(daemon=True)
+        self.dealer = context.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(endpoint)
+        self.dealer.send_multipart([wire.READY, wire.dumps({"credits": 1})])
+        self.seconds_per_frame = seconds_per_frame
+        self.frames: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            if not self.dealer.poll(50):
+                continue
+            parts = self.dealer.recv_multipart()
+            if parts[0] != wire.FRAME:
+                continue
+            self.frames.append(wire.decode_frame(parts)[0]["frame_index"])
+            if self.seconds_per_frame is not None:
+                time.sleep(self.seconds_per_frame)
+                self.dealer.send_multipart([wire.CREDIT])
+
+    def close(self) -> None:
+        self.done.set()
+        self.join(5)
+        self.dealer.close(linger=0)
+
+
+@pytest.fixture
+def idle_ingest():
+    """A block-mode ingest on real sockets whose loop the test drives itself (no thread), so
+    frames can be left queued at a series close, as after a lost worker; and its collector."""
+    context = zmq.Context()
+    collector = context.socket(zmq.PULL)
+    collector.setsockopt(zmq.LINGER, 0)
+    port = collector.bind_to_random_port("tcp://127.0.0.1")
+    detector = context.socket(zmq.PUSH)  # never sends: the test hands the ingest its messages
+    detector.setsockopt(zmq.LINGER, 0)
+    detector_port = detector.bind_to_random_port("tcp://127.0.0.1")
+    ingest = Ingest(f"tcp://127.0.0.1:{detector_port}", "tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}",
+                    context=context, overflow="block", drain_timeout_s=0.5)
+    workers: list[SlowWorker] = []
+
+    def add_worker(seconds_per_frame: float | None) -> SlowWorker:
+        workers.append(SlowWorker(context, ingest.work_endpoint, seconds_per_frame))
+        deadline = time.monotonic() + 5
+        while ingest.n_workers < len(workers) and time.monotonic() < deadline:
+            ingest._handle_workers()
+            time.sleep(0.01)
+        workers[-1].start()
+        return workers[-1]
+
+    yield ingest, add_worker, collector
+    for worker in workers:
+        worker.close()
+    ingest.receiver.close()
+    ingest.router.close(linger=0)
+    ingest.to_collector.close(linger=0)
+    collector.close(linger=0)
+    detector.close(linger=0)
+    context.term()
+
+
+def queue_series(ingest: Ingest, n_frames: int) -> None:
+    """Open a series and take ``n_frames`` frames, as the detector socket would give them."""
+    ingest._on_message(Received(start_message(n_images=n_frames), time.time_ns()))
+    for index in range(n_frames):
+        ingest._on_message(Received(image_message(index), time.time_ns()))
+
+
+def summary_of(collector: zmq.Socket) -> dict:
+    while collector.poll(5000):
+        parts = collector.recv_multipart()
+        if parts[0] == wire.SUMMARY:
+            return wire.loads(parts[1])
+    raise AssertionError("no summary reached the collector")
+
+
+def test_block_mode_close_waits_while_a_slow_worker_keeps_taking_frames(idle_ingest):
+    ingest, add_worker, collector = idle_ingest
+    worker = add_worker(seconds_per_frame=0.2)  # 6 frames: over twice the 0.5 s drain time-out
+    queue_series(ingest, 6)
+    assert len(ingest.queue) == 5, "one frame in flight, the rest queued"
+    ingest._close_series("shutdown")
+    summary = summary_of(collector)
+    assert summary["dropped"] == 0 and summary["received"] == 6 and summary["lost"] == 0, summary
+    assert summary["forwarded"] == 6 and summary["ended_by"] == "shutdown"
+    deadline = time.monotonic() + 5
+    while len(worker.frames) < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert worker.frames == list(range(6))
+
+
+def test_block_mode_close_counts_queued_frames_dropped_once_workers_stall(idle_ingest):
+    ingest, add_worker, collector = idle_ingest
+    add_worker(seconds_per_frame=None)  # takes frame 0 and never asks for another
+    queue_series(ingest, 4)
+    started = time.monotonic()
+    ingest._close_series("timeout")
+    assert time.monotonic() - started < 5, "a stalled worker does not hold the close for ever"
+    summary = summary_of(collector)
+    assert summary["dropped"] == 3 and summary["received"] == 1 and summary["forwarded"] == 1, summary
+    assert summary["lost"] == 3 and summary["ended_by"] == "timeout"
