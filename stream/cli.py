@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--publish", default="tcp://127.0.0.1:5557", help="map snapshot PUB endpoint for viewers")
     serve.add_argument("--detail", default="tcp://127.0.0.1:5558",
                        help="frame-detail endpoint for viewers (raw frame and fits of a scan point)")
+    serve.add_argument("--steering", default="tcp://127.0.0.1:5559",
+                       help="steering endpoint (REQ/REP JSON): where to scan next, from the current maps; "
+                            "'none' to switch it off")
     serve.add_argument("--overflow", choices=("drop", "block"), default="drop",
                        help="when workers cannot keep up: drop and count frames (live) or slow the sender")
     serve.add_argument("--series-timeout", type=float, default=30.0,
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "pixel for its frame and fits; draw a region for a finer scan.")
     view.add_argument("--maps", default="tcp://127.0.0.1:5557", help="the service's map PUB endpoint (serve --publish)")
     view.add_argument("--detail", default="tcp://127.0.0.1:5558", help="the service's frame-detail endpoint (serve --detail)")
+    view.add_argument("--steering", default="tcp://127.0.0.1:5559",
+                      help="the service's steering endpoint (serve --steering): drawn regions are sent there")
 
     worker = commands.add_parser("worker", help="run one analysis worker (scale out across hosts)")
     worker.add_argument("--work-endpoint", required=True, help="the ingest's worker endpoint")
@@ -222,9 +227,11 @@ def _start_beamline(master: Path, protocol: str) -> tuple[subprocess.Popen, str,
     return process, lines[0].split()[1], lines[1].split()[1]
 
 
-def _viewer_command(maps_endpoint: str, detail_endpoint: str | None) -> list[str]:
+def _viewer_command(maps_endpoint: str, detail_endpoint: str | None, steering_endpoint: str | None = None) -> list[str]:
     command = [sys.executable, "-m", "viewer", "--maps", maps_endpoint]
-    return command + ["--detail", detail_endpoint] if detail_endpoint else command
+    if detail_endpoint:
+        command += ["--detail", detail_endpoint]
+    return command + ["--steering", steering_endpoint] if steering_endpoint else command
 
 
 def _display_available() -> bool:
@@ -406,6 +413,7 @@ def command_serve(args) -> int:
         work_endpoint=args.work_endpoint, collector_endpoint=args.collector_endpoint,
         publish_endpoint=args.publish, overflow=args.overflow, series_timeout_s=args.series_timeout,
         grid=_grid_from(args), detail_endpoint=args.detail,
+        steering_endpoint=None if args.steering.lower() == "none" else args.steering,
     )
 
     def report(outcome) -> None:
@@ -416,7 +424,7 @@ def command_serve(args) -> int:
     with Service(config, on_series_complete=report) as service:
         print(f"braggmap: ready; detector {args.detector}, workers connect to {service.ingest.work_endpoint}, "
               f"results to {service.collector.endpoint}, maps published on {service.publish_endpoint}, "
-              f"frame detail on {service.detail_endpoint}", flush=True)
+              f"frame detail on {service.detail_endpoint}, steering on {service.steering_endpoint}", flush=True)
         try:
             while True:
                 time.sleep(1)
@@ -436,7 +444,8 @@ def command_worker(args) -> int:
 def command_view(args) -> int:
     """The viewer runs as its own process (Qt stays out of the service's packages)."""
     try:
-        return subprocess.call(_viewer_command(args.maps, args.detail))
+        steering = None if args.steering.lower() == "none" else args.steering
+        return subprocess.call(_viewer_command(args.maps, args.detail, steering))
     except KeyboardInterrupt:
         return 130
 

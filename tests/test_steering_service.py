@@ -169,3 +169,30 @@ def test_rectangle_sent_from_the_viewer_becomes_a_user_suggestion(server, qtbot)
     finally:
         module.SEND_TIMEOUT_S = saved
     assert failed.args[0].startswith("steering: no reply")
+
+
+@pytest.mark.timeout(240)
+def test_serve_command_answers_on_its_steering_endpoint(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "stream.cli", "serve", "--detector", "tcp://127.0.0.1:9", "--publish",
+               "tcp://127.0.0.1:0", "--detail", "tcp://127.0.0.1:0", "--steering", "tcp://127.0.0.1:0",
+               "--output", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready = ""
+        for line in process.stdout:
+            if "braggmap: ready" in line:
+                ready = line
+                break
+        match = re.search(r"steering on (tcp://127\.0\.0\.1:\d+)", ready)
+        assert match, ready or "serve ended before it was ready"
+        with SteeringClient(match.group(1), timeout_s=20) as client:
+            assert client.status()["series"] == []
+            with pytest.raises(SteeringError, match="no maps to steer from"):
+                client.suggest(strategies=["crystal"])
+    finally:
+        process.terminate()
+        process.wait(20)
