@@ -317,18 +317,8 @@ def test_click_in_the_viewer_shows_the_fitted_numbers_of_that_frame(served, qtbo
     a_mean = expected.parameters["a_mean_nm"]
     assert derived["a_mean_nm"][1] == format_value(a_mean["value"], expected.parameters["a_mean_err_nm"]["value"])
     assert "±" in derived["a_mean_nm"][1] and derived["a_mean_nm"][2] == "nm"
-    frame_view = window.detail.frame_view
-    assert frame_view.image_data.shape == expected.frame.shape
-    assert np.isnan(frame_view.image_data[expected.excluded]).all()
-    ok_peaks = [p for p in expected.peaks if p.status == Status.OK]
-    for peak in ok_peaks:
-        centre = frame_view.peak_items[peak.name][0].data
-        assert centre["x"][0] == pytest.approx(peak.centre_px[1] + 0.5)
-        assert centre["y"][0] == pytest.approx(peak.centre_px[0] + 0.5)
-    windows = {w.name: w for w in expected.windows}
-    for peak in ok_peaks:
-        for kind, data in (("data", windows[peak.name].mean_counts), ("fit", windows[peak.name].model)):
-            np.testing.assert_array_equal(window.detail.window_view.images[(peak.name, kind)].image, data)
+    _check_raw_frame_drawing(window.detail.frame_view, expected, served["geometry"])
+    _check_window_drawing(window.detail.window_view, expected)
     ARTIFACTS.mkdir(exist_ok=True)
     window.grab().save(str(ARTIFACTS / "viewer_detail_frame.png"))
     window.detail.tabs.setCurrentIndex(1)
@@ -336,6 +326,100 @@ def test_click_in_the_viewer_shows_the_fitted_numbers_of_that_frame(served, qtbo
     window.detail.tabs.setCurrentIndex(2)
     window.grab().save(str(ARTIFACTS / "viewer_detail_numbers.png"))
     window.close()
+
+
+def _check_raw_frame_drawing(frame_view, expected: FrameDetail, geometry) -> None:
+    """The raw frame is drawn as log10(counts + 1), masked pixels blank under a red overlay,
+    and each fitted peak as its centre and FWHM ellipse at the fitted q, chi and widths."""
+    from viewer.frame_view import FAILED_COLOUR, MASK_RGBA, OK_COLOUR
+
+    frame, excluded = expected.frame, expected.excluded
+    assert excluded.any() and (~excluded).any()
+    # log scale: log10(counts + 1) on every pixel in use, NaN (blank) on the excluded ones
+    shown = frame_view.image.image
+    np.testing.assert_array_equal(shown, frame_view.image_data)
+    assert shown.shape == frame.shape
+    assert np.isnan(shown[excluded]).all() and np.isfinite(shown[~excluded]).all()
+    np.testing.assert_allclose(shown[~excluded], np.log10(frame[~excluded].astype(np.float64) + 1.0),
+                               rtol=1e-6, atol=1e-7)
+    brightest = np.unravel_index(np.argmax(np.where(excluded, 0, frame)), frame.shape)
+    assert shown[brightest] == pytest.approx(np.log10(float(frame[brightest]) + 1.0), rel=1e-6)
+    assert frame[brightest] > 50 * max(np.median(frame[~excluded]), 1)  # peaks far above the background
+    low, high = frame_view.image.getLevels()
+    assert low == 0.0 and high == pytest.approx(np.percentile(shown[~excluded], 99.95))
+    assert tuple(frame_view.colour_bar.levels()) == pytest.approx((low, high))
+    assert "log10" in frame_view.colour_bar.getAxis("left").labelText
+    # mask overlay: opaque-ish red exactly on the excluded pixels, transparent elsewhere, on top
+    overlay = frame_view.mask.image
+    assert overlay.shape == (*frame.shape, 4) and overlay.dtype == np.uint8
+    np.testing.assert_array_equal(overlay[excluded], np.broadcast_to(MASK_RGBA, (int(excluded.sum()), 4)))
+    assert (overlay[~excluded][:, 3] == 0).all()
+    assert frame_view.mask.zValue() >= frame_view.image.zValue()
+    assert frame_view.mask.mapRectToParent(frame_view.mask.boundingRect()) == \
+        frame_view.image.mapRectToParent(frame_view.image.boundingRect())
+    # fitted peaks: centre and FWHM ellipse at the fitted (q, chi) and widths
+    integrator = geometry.integrator()
+
+    def q_chi(x, y):  # drawn positions (pixel corners at integers) -> q (nm^-1), chi (deg, on the image)
+        rows, cols = np.asarray(y, np.float64) - 0.5, np.asarray(x, np.float64) - 0.5
+        return (np.asarray(integrator.qFunction(rows, cols), np.float64),
+                -np.degrees(np.asarray(integrator.chi(rows, cols), np.float64)))
+
+    def wrap(angle):
+        return (np.asarray(angle) + 180.0) % 360.0 - 180.0
+
+    assert set(frame_view.peak_items) == {p.name for p in expected.peaks}
+    n_drawn = 0
+    for peak in expected.peaks:
+        centre, ellipse, outline, _label = frame_view.peak_items[peak.name]
+        colour = OK_COLOUR if peak.status == Status.OK else FAILED_COLOUR
+        assert ellipse.opts["pen"].color().getRgb()[:3] == colour
+        assert outline.getData()[0] is not None and outline.getData()[0].size > 10  # the window, always
+        if peak.status != Status.OK:
+            assert len(centre.data) == 0 and ellipse.getData()[0] is None  # no centre, no ellipse
+            continue
+        n_drawn += 1
+        values = peak.values
+        assert centre.data["x"][0] == pytest.approx(peak.centre_px[1] + 0.5)
+        assert centre.data["y"][0] == pytest.approx(peak.centre_px[0] + 0.5)
+        q_c, chi_c = q_chi(centre.data["x"], centre.data["y"])
+        assert q_c[0] == pytest.approx(values["q0_nm"], rel=1e-4)
+        assert abs(wrap(chi_c[0] - values["chi0_deg"])) < 1e-2
+        x, y = ellipse.getData()
+        np.testing.assert_allclose(x, peak.ellipse_px[1] + 0.5)
+        np.testing.assert_allclose(y, peak.ellipse_px[0] + 0.5)
+        q, chi = q_chi(x, y)
+        half_q, half_chi = values["fwhm_q_nm"] / 2, values["fwhm_chi_deg"] / 2
+        radius = np.hypot((q - values["q0_nm"]) / half_q, wrap(chi - values["chi0_deg"]) / half_chi)
+        np.testing.assert_allclose(radius, 1.0, atol=0.02, err_msg=peak.name)  # on the FWHM ellipse
+        assert np.ptp(q) == pytest.approx(values["fwhm_q_nm"], rel=0.02)  # its extent is the fitted FWHM
+        assert np.ptp(wrap(chi - values["chi0_deg"])) == pytest.approx(values["fwhm_chi_deg"], rel=0.02)
+        assert np.min(x) < centre.data["x"][0] < np.max(x) and np.min(y) < centre.data["y"][0] < np.max(y)
+    assert n_drawn >= 4
+
+
+def _check_window_drawing(window_view, expected: FrameDetail) -> None:
+    """Each polar window: data, fit and residual images; residual = data - fit, on symmetric levels."""
+    from viewer.window_view import residual_levels
+
+    peaks = {p.name: p for p in expected.peaks}
+    n_fitted = 0
+    for window in expected.windows:
+        images = {kind: window_view.images[(window.name, kind)].image for kind in ("data", "fit", "residual")}
+        np.testing.assert_array_equal(images["data"], window.mean_counts)
+        np.testing.assert_array_equal(images["fit"], window.model)
+        np.testing.assert_array_equal(images["residual"], window.residual)
+        finite = np.isfinite(images["data"]) & np.isfinite(images["fit"])
+        assert np.array_equal(np.isfinite(images["residual"]), finite), window.name
+        if peaks[window.name].status != Status.OK:
+            continue
+        n_fitted += 1
+        assert finite.any()
+        np.testing.assert_allclose(images["residual"][finite], (images["data"] - images["fit"])[finite],
+                                   rtol=1e-5, atol=1e-3)
+        low, high = window_view.images[(window.name, "residual")].getLevels()
+        assert (low, high) == pytest.approx(residual_levels(window)) and low == -high and high > 0
+    assert n_fitted >= 4
 
 
 def test_an_endpoint_in_use_is_a_readable_error(tmp_path):
