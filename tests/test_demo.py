@@ -14,10 +14,10 @@ from stream.map_file import read_map_file
 BRAGGMAP = [sys.executable, "-m", "stream.cli"]
 
 
-@pytest.mark.parametrize("command", ["demo", "replay", "serve", "worker"])
+@pytest.mark.parametrize("command", ["demo", "replay", "serve", "worker", "view"])
 def test_every_subcommand_has_help(command):
     result = subprocess.run([*BRAGGMAP, command, "--help"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "usage: braggmap" in result.stdout
+    assert result.returncode == 0 and f"usage: braggmap {command}" in result.stdout
 
 
 def test_demo_streams_the_synthetic_scan_through_the_service(tmp_path):
