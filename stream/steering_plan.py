@@ -48,6 +48,19 @@ def ask_on_terminal(suggestions: list[dict]) -> list[dict]:
     return [suggestions[k - 1] for k in chosen if 1 <= k <= len(suggestions)]
 
 
+def motor_limits_um(*motors) -> dict:
+    """The soft limits of ``motors`` by name (ophyd ``limits``; (0, 0) means none)."""
+    limits = {}
+    for motor in motors:
+        try:
+            low, high = (float(v) for v in getattr(motor, "limits", (0.0, 0.0)))
+        except (TypeError, ValueError):
+            continue
+        if low < high:
+            limits[motor.name] = [low, high]
+    return limits
+
+
 def _key(suggestion: dict) -> tuple:
     return tuple((m["name"], m["start_um"], m["stop_um"], m["num"]) for m in suggestion["motors"])
 
@@ -75,7 +88,8 @@ def coarse_to_fine(slow, fast, coarse_extents_um, coarse_shape: Sequence[int], s
         ``raster(slow, start, stop, num, fast, start, stop, num, snake=, md=)`` plan making one
         frame per point (default :func:`grid_raster` of ``detectors``).
     strategies, fine_step_um, limits_um, request_options
-        What to ask for (:class:`analysis.steering.SteeringRequest` fields).
+        What to ask for (:class:`analysis.steering.SteeringRequest` fields). The motors' own
+        soft limits are always sent; ``limits_um`` adds to or narrows them.
     time_budget_s : float, optional
         Wall time for the fine scans; each round asks only for what still fits.
     max_rounds : int
@@ -103,8 +117,10 @@ def coarse_to_fine(slow, fast, coarse_extents_um, coarse_shape: Sequence[int], s
     request = {"strategies": list(strategies), **(request_options or {})}
     if fine_step_um is not None:
         request["fine_step_um"] = fine_step_um
-    if limits_um:
-        request["limits_um"] = limits_um
+    limits = motor_limits_um(slow, fast)
+    limits.update(limits_um or {})
+    if limits:
+        request["limits_um"] = limits
     base_md = dict(md or {})
     coarse_md = {**base_md, "braggmap_steering": {"role": "coarse", "strategies": request["strategies"]}}
     yield from raster(slow, y0, y1, int(coarse_shape[0]), fast, x0, x1, int(coarse_shape[1]), snake=snake,

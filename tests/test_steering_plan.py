@@ -268,6 +268,20 @@ def test_approval_runs_only_what_was_approved_and_refusal_ends_the_plan():
     assert roles == ["coarse", "fine"] and starts[1]["braggmap_steering"]["id"] == "b"
     assert starts[1]["braggmap_steering"]["round"] == 1 and list(starts[1]["shape"]) == [2, 2]
     assert steering.requests[0]["strategies"] == ["crystal"] and steering.requests[0]["wait_for_series"] == []
+    assert "limits_um" not in steering.requests[0]  # ophyd.sim axes have no soft limits
+
+
+def test_the_motors_soft_limits_are_sent_with_every_request():
+    from types import SimpleNamespace
+
+    from stream.steering_plan import motor_limits_um
+
+    motors = [SimpleNamespace(name="y", limits=(-1.0, 3.5)), SimpleNamespace(name="x", limits=(0, 0)),
+              SimpleNamespace(name="z")]
+    assert motor_limits_um(*motors) == {"y": [-1.0, 3.5]}
+    steering = ScriptedSteering([reply()])
+    run_plan(steering, limits_um={"motor2": [0.0, 2.0]})
+    assert steering.requests[0]["limits_um"] == {"motor2": [0.0, 2.0]}
 
 
 def test_plan_stops_on_nothing_new_on_budget_and_on_foreign_motors():
