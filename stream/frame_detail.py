@@ -17,13 +17,12 @@ anything that cannot be answered (unknown series or frame, bad JSON, garbage). N
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
-from analysis.errors import BraggmapError, ConfigurationError, ProtocolError
+from analysis.errors import BraggmapError, ProtocolError
 from stream.loop_thread import LoopThread
+from stream.reqrep import LazyPirate, bind_rep
 from stream import codecs, wire
 from stream.frame_detail_reply import (DETAIL, ERROR, FRAME_CODEC, DetailError, FrameDetail, PeakDetail,
                                        WindowDetail, decode_detail_reply, encode_detail_reply, error_reply)
@@ -70,19 +69,10 @@ class DetailServer(LoopThread):
     join_timeout_s = 30.0
 
     def __init__(self, endpoint: str, frame_store, analyzer_cache, context: zmq.Context | None = None) -> None:
-        from stream.ingest import _bindable
-
         self.frame_store = frame_store
         self._analyzer_cache = analyzer_cache
         self._integrator = None
-        self.socket = (context or zmq.Context.instance()).socket(zmq.REP)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        try:
-            self.socket.bind(_bindable(endpoint))
-        except zmq.ZMQError as exc:
-            self.socket.close(linger=0)
-            raise ConfigurationError(f"frame-detail endpoint {endpoint!r} cannot be bound: {exc}") from exc
+        self.socket = bind_rep(endpoint, "frame-detail", MAX_REQUEST_BYTES, context)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0
@@ -151,36 +141,14 @@ class DetailServer(LoopThread):
 
 
 # -- client ----------------------------------------------------------------------------------------
-@dataclass
-class FrameDetailClient:
-    """REQ client of a :class:`DetailServer`; a time-out closes and reopens the socket so the
-    next request starts clean (lazy pirate). Not thread-safe: one thread per client."""
-
-    endpoint: str
-    context: zmq.Context | None = None
-    _socket: Any = field(default=None, init=False, repr=False)
-
-    def _connect(self):
-        if self._socket is None:
-            self._socket = (self.context or zmq.Context.instance()).socket(zmq.REQ)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.connect(self.endpoint)
-        return self._socket
+class FrameDetailClient(LazyPirate):
+    """REQ client of a :class:`DetailServer` (:class:`stream.reqrep.LazyPirate`). Not thread-safe:
+    one thread per client."""
 
     def request(self, series_id: int, frame_index: int, timeout_ms: int = 30000) -> FrameDetail | DetailError:
         """Ask for one frame; returns its :class:`FrameDetail` or a :class:`DetailError`."""
-        socket = self._connect()
-        socket.send(wire.dumps({"series_id": int(series_id), "frame_index": int(frame_index)}))
-        if not socket.poll(timeout_ms, zmq.POLLIN):
-            self.reset()
+        reply = self.exchange(wire.dumps({"series_id": int(series_id), "frame_index": int(frame_index)}), timeout_ms)
+        if reply is None:
             return DetailError(f"no reply from the frame-detail endpoint {self.endpoint} within "
                                f"{timeout_ms} ms", "timeout")
-        return decode_detail_reply(socket.recv_multipart())
-
-    def reset(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-
-    def close(self) -> None:
-        self.reset()
+        return decode_detail_reply(reply)

@@ -9,54 +9,43 @@ because the service learns from the detector stream itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import zmq
 
 from analysis.errors import BraggmapError
 from stream import wire
+from stream.reqrep import LazyPirate
 
 
 class SteeringError(BraggmapError):
     """The steering endpoint refused a request (the message is its reason) or did not answer."""
 
 
-@dataclass
-class SteeringClient:
-    """REQ client of a :class:`stream.steering_server.SteeringServer`. Not thread-safe.
+class SteeringClient(LazyPirate):
+    """REQ client of a :class:`stream.steering_server.SteeringServer`
+    (:class:`stream.reqrep.LazyPirate`). Not thread-safe.
 
     Parameters
     ----------
     endpoint : str
     timeout_s : float
         Longest wait for a reply (a request with ``wait_s`` waits that much longer).
-    defaults : dict
+    defaults : dict, optional
         Fields added to every ``suggest`` request (e.g. strategies, fine step, limits).
     """
 
-    endpoint: str
-    timeout_s: float = 30.0
-    defaults: dict = field(default_factory=dict)
-    context: zmq.Context | None = None
-    _socket: Any = field(default=None, init=False, repr=False)
-
-    def _connect(self):
-        if self._socket is None:
-            self._socket = (self.context or zmq.Context.instance()).socket(zmq.REQ)
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.connect(self.endpoint)
-        return self._socket
+    def __init__(self, endpoint: str, timeout_s: float = 30.0, defaults: dict | None = None,
+                 context: zmq.Context | None = None) -> None:
+        super().__init__(endpoint, context)
+        self.timeout_s = timeout_s
+        self.defaults = dict(defaults or {})
 
     def request(self, body: dict) -> dict:
         """Send one request; the reply without its ``ok`` flag, or :class:`SteeringError`."""
-        socket = self._connect()
-        socket.send(wire.dumps(body))
         timeout_s = self.timeout_s + float(body.get("wait_s", 0.0) or 0.0)
-        if not socket.poll(int(timeout_s * 1000), zmq.POLLIN):
-            self.reset()
+        parts = self.exchange(wire.dumps(body), int(timeout_s * 1000))
+        if parts is None:
             raise SteeringError(f"no reply from the steering endpoint {self.endpoint} within {timeout_s:.0f} s")
-        reply = wire.loads(socket.recv())
+        reply = wire.loads(parts[0])
         if not isinstance(reply, dict) or "ok" not in reply:
             raise SteeringError(f"the steering endpoint sent no steering reply: {str(reply)[:120]!r}")
         if not reply.pop("ok"):
@@ -86,14 +75,6 @@ class SteeringClient:
 
     def tell_many(self, xs, ys) -> None:
         """Nothing to do: see :meth:`tell`."""
-
-    def reset(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
-
-    def close(self) -> None:
-        self.reset()
 
     def __enter__(self) -> "SteeringClient":
         return self

@@ -37,6 +37,7 @@ from analysis.steering import SteeringRequest, StrategySpec, suggest
 from analysis.steering_maps import SteeringMaps
 from stream import wire
 from stream.loop_thread import LoopThread
+from stream.reqrep import bind_rep
 from stream.published_state import MapSnapshot, MapSubscriber
 
 log = logging.getLogger(__name__)
@@ -138,18 +139,9 @@ class SteeringServer(LoopThread):
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, publish_endpoint: str | None = None,
                  book: MapBook | None = None, context: zmq.Context | None = None) -> None:
-        from stream.ingest import _bindable
-
         self.book = book or MapBook()
         self._context = context or zmq.Context.instance()
-        self.socket = self._context.socket(zmq.REP)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        try:
-            self.socket.bind(_bindable(endpoint))
-        except zmq.ZMQError as exc:
-            self.socket.close(linger=0)
-            raise ConfigurationError(f"steering endpoint {endpoint!r} cannot be bound: {exc}") from exc
+        self.socket = bind_rep(endpoint, "steering", MAX_REQUEST_BYTES, self._context)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.subscriber = MapSubscriber(publish_endpoint, self._context) if publish_endpoint else None
         self.regions: list[dict] = []

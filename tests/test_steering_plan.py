@@ -15,6 +15,7 @@ import functools
 
 import numpy as np
 import pytest
+import small_detector
 
 from simulators.beamline import SimulatedBeamline
 from simulators.beamline_frames import uniform_frames
@@ -22,30 +23,13 @@ from simulators.beamline_plans import step_grid
 from simulators.beamline_stage import sim_stage
 from simulators.eiger_files import EigerMetadata
 from simulators.supercrystal import SupercrystalModel, rounded_rectangle_depth_um
-from stream.analysis_setup import AnalysisSetup
 from stream.service import Service, ServiceConfig
 from stream.steering_client import SteeringClient, SteeringError
 from stream.steering_plan import coarse_to_fine
 
 pytestmark = pytest.mark.timeout(300)
 
-METADATA = EigerMetadata(shape=(24, 32), dtype="uint32", wavelength_m=8.984e-11, pixel_size_m=75e-6)
-PONI = """poni_version: 2.1
-Detector: Detector
-Detector_config: {"pixel1": 7.5e-05, "pixel2": 7.5e-05, "max_shape": [24, 32], "orientation": 3}
-Distance: 0.05
-Poni1: 0.0009
-Poni2: 0.0012
-Rot1: 0.0
-Rot2: 0.0
-Rot3: 0.0
-Wavelength: 8.984e-11
-"""
-PEAKS = """name: small test detector
-saxs_integration_q_max_nm: 1.0
-peaks:
-  - {name: waxs_100, family: waxs, hkl: [1, 0, 0], q_range_nm: [2.0, 3.5], chi_range_deg: [-60, 60], n_q: 6, n_chi: 8}
-"""
+METADATA = EigerMetadata(shape=small_detector.SHAPE, dtype="uint32", wavelength_m=8.984e-11, pixel_size_m=75e-6)
 AREA_UM = 40.0
 COARSE = (11, 11)
 FINE_STEP_UM = 1.0
@@ -63,10 +47,7 @@ def counts_at(y_um: float, x_um: float) -> int:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("steering_detector")
-    (folder / "small.poni").write_text(PONI)
-    (folder / "small.yaml").write_text(PEAKS)
-    return AnalysisSetup(str(folder / "small.poni"), str(folder / "small.yaml"))
+    return small_detector.write_setup(tmp_path_factory.mktemp("steering_detector"))
 
 
 @pytest.fixture(scope="module")
