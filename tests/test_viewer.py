@@ -558,10 +558,14 @@ def test_braggmap_view_starts_the_viewer_module(monkeypatch):
     monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
     assert cli.main(["view", "--maps", "tcp://127.0.0.1:6001", "--detail", "tcp://127.0.0.1:6002"]) == 0
     assert calls == [[sys.executable, "-m", "viewer", "--maps", "tcp://127.0.0.1:6001",
-                      "--detail", "tcp://127.0.0.1:6002"]]
+                      "--detail", "tcp://127.0.0.1:6002", "--steering", "tcp://127.0.0.1:5559"]]
+    assert cli.main(["view", "--maps", "tcp://127.0.0.1:6001", "--steering", "none"]) == 0
+    assert calls[-1][-2:] == ["--detail", "tcp://127.0.0.1:5558"]  # no steering endpoint asked for
     args = cli.build_parser().parse_args(["serve"])
-    assert (args.publish, args.detail) == ("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558")
-    assert cli.build_parser().parse_args(["view"]).maps == args.publish
+    assert (args.publish, args.detail, args.steering) == ("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5558",
+                                                          "tcp://127.0.0.1:5559")
+    view = cli.build_parser().parse_args(["view"])
+    assert (view.maps, view.steering) == (args.publish, args.steering)
     assert cli.build_parser().parse_args(["demo", "--no-viewer"]).no_viewer
 
 
