@@ -148,6 +148,13 @@ def test_sim_fly_snake_raster(service, beamline_sockets, saxs_pixels):
 
 
 @pytest.mark.timeout(120)
+def test_sim_fly_raster_without_snake(service, beamline_sockets, saxs_pixels):
+    outcome = run_scan(service, beamline_sockets, sim_stage(), 15, "fly", saxs_pixels, snake=False)
+    check_map(outcome, saxs_pixels)
+    assert not outcome.grid.snake
+
+
+@pytest.mark.timeout(120)
 def test_failed_scan_keeps_its_partial_map(service, beamline_sockets, saxs_pixels):
     server, document_log = beamline_sockets
     with SimulatedBeamline(METADATA, uniform_frames(METADATA, counts_at), sim_stage(), server=server,
