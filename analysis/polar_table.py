@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,55 @@ MIN_WINDOW_COVERAGE = 0.25
 """Windows with a smaller fraction of their (q, chi) cells on valid pixels are OUTSIDE_DETECTOR."""
 COVERAGE_CELL_CHI_DEG = 10.0
 COVERAGE_CELLS_Q = 4
+MAX_SEGMENT_LENGTH = int(np.iinfo(np.int16).max)
+"""Longer segments (consecutive pixels of one bin) are split so that their lengths fit int16."""
+
+
+def _smallest_signed(limit: int) -> type:
+    """int16, int32 or int64: the smallest signed dtype holding 0 .. limit - 1."""
+    for dtype in (np.int16, np.int32):
+        if limit <= np.iinfo(dtype).max + 1:
+            return dtype
+    return np.int64
+
+
+def _first_of_runs(pixel_index: np.ndarray, bin_index: np.ndarray | None = None) -> np.ndarray:
+    """Entry indices where a run of consecutive pixels (of one bin, with ``bin_index``) begins."""
+    if pixel_index.size == 0:
+        return np.zeros(0, np.int64)
+    breaks = np.diff(pixel_index) != 1
+    if bin_index is not None:
+        breaks |= np.diff(bin_index) != 0
+    return np.flatnonzero(np.concatenate(([True], breaks)))
+
+
+def run_length_encode(pixel_index: np.ndarray, bin_index: np.ndarray, n_pixels: int, n_bins: int) -> dict:
+    """The run-length form of a table (entries ``pixel_index`` ascending, ``bin_index``).
+
+    Runs are maximal stretches of entries on consecutive pixels; each run is cut into segments
+    of entries of one bin (at most ``MAX_SEGMENT_LENGTH`` long), in entry order. Returns
+    ``run_start`` (int32, int64 past 2^31 pixels), ``run_length`` (int32/int64),
+    ``run_first_segment`` (n_runs + 1 bounds, int32/int64), ``segment_length`` (int16) and
+    ``segment_bin`` (int16 when the bins fit, else int32).
+    """
+    n = int(pixel_index.size)
+    index_dtype = np.int32 if max(n_pixels, n + 1) <= np.iinfo(np.int32).max else np.int64
+    run_first = _first_of_runs(pixel_index)
+    segment_first = _first_of_runs(pixel_index, bin_index)         # every run start is a segment start
+    lengths = np.diff(np.append(segment_first, n))
+    if lengths.size and lengths.max() > MAX_SEGMENT_LENGTH:
+        pieces = -(-lengths // MAX_SEGMENT_LENGTH)
+        piece = np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        segment_first = np.repeat(segment_first, pieces) + piece * MAX_SEGMENT_LENGTH
+        lengths = np.diff(np.append(segment_first, n))
+    return {
+        "run_start": np.ascontiguousarray(pixel_index[run_first], dtype=index_dtype),
+        "run_length": np.diff(np.append(run_first, n)).astype(index_dtype),
+        "run_first_segment": np.append(np.searchsorted(segment_first, run_first),
+                                       segment_first.size).astype(index_dtype),
+        "segment_length": lengths.astype(np.int16),
+        "segment_bin": np.ascontiguousarray(bin_index[segment_first], dtype=_smallest_signed(n_bins)),
+    }
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +123,22 @@ class PolarTable:
         Flat indices of the statically valid pixels with q < ``saxs_q_max_nm``, ascending.
     saxs_pixel_count_geometric : int
         Pixels with q < ``saxs_q_max_nm`` before the static mask.
+
+    The per-frame kernel reads a run-length form of the same entries, derived at construction
+    (read-only; about 4 B per segment of about 8 pixels instead of 12 B per entry), so that it
+    reads the frame contiguously (see :func:`run_length_encode`):
+
+    run_start, run_length : ndarray of int32 (int64 past 2^31 pixels), shape (n_runs,)
+        Stretches of entries on consecutive pixels.
+    run_first_segment : ndarray, shape (n_runs + 1,)
+        Run r holds segments ``run_first_segment[r]`` to ``run_first_segment[r + 1] - 1``.
+    segment_length : ndarray of int16, shape (n_segments,)
+        Consecutive entries of one bin, in entry order, from the run's start on.
+    segment_bin : ndarray of int16 (int32 when the bins do not fit int16), shape (n_segments,)
+    saxs_run_start, saxs_run_length : ndarray, shape (n_saxs_runs,)
+        Stretches of consecutive pixels of ``saxs_pixel_index``.
+    max_pixels_per_sum : int
+        Most entries summed into one bin, or the SAXS pixel count if larger (bounds the sums).
     """
 
     detector_shape: tuple[int, int]
@@ -98,6 +163,33 @@ class PolarTable:
     saxs_q_max_nm: float
     saxs_pixel_index: np.ndarray
     saxs_pixel_count_geometric: int
+    run_start: np.ndarray = field(init=False, repr=False)
+    run_length: np.ndarray = field(init=False, repr=False)
+    run_first_segment: np.ndarray = field(init=False, repr=False)
+    segment_length: np.ndarray = field(init=False, repr=False)
+    segment_bin: np.ndarray = field(init=False, repr=False)
+    saxs_run_start: np.ndarray = field(init=False, repr=False)
+    saxs_run_length: np.ndarray = field(init=False, repr=False)
+    max_pixels_per_sum: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_index", "saxs_pixel_index"):
+            if np.any(np.diff(getattr(self, name)) < 0):
+                raise GeometryError(f"polar table {name} must be ascending")
+        n_pixels = int(self.detector_shape[0]) * int(self.detector_shape[1])
+        derived = run_length_encode(self.pixel_index, self.bin_index, n_pixels,
+                                    len(self.peak_names) * self.n_q * self.n_chi)
+        saxs = run_length_encode(self.saxs_pixel_index, np.zeros(self.saxs_pixel_index.size, np.int32), n_pixels, 1)
+        derived["saxs_run_start"], derived["saxs_run_length"] = saxs["run_start"], saxs["run_length"]
+        for name, array in derived.items():
+            array.setflags(write=False)
+            object.__setattr__(self, name, array)
+        largest_bin = int(np.bincount(self.bin_index).max()) if self.bin_index.size else 0
+        object.__setattr__(self, "max_pixels_per_sum", max(largest_bin, int(self.saxs_pixel_index.size)))
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.segment_length.size)
 
     @property
     def n_windows(self) -> int:
@@ -283,6 +375,6 @@ def build_polar_table(geometry: DetectorGeometry, peak_model: PeakModel, pixel_m
     for array in (table.pixel_index, table.bin_index, table.saxs_pixel_index, table.pixel_count_valid,
                   table.pixel_count_geometric, table.q_centres_nm, table.chi_centres_deg, table.window_status):
         array.setflags(write=False)
-    log.info("polar table: %d windows, %d pixel entries, %d SAXS pixels, built in %.2f s",
-             n_win, table.n_entries, table.saxs_pixel_index.size, time.perf_counter() - started)
+    log.info("polar table: %d windows, %d pixel entries (%d segments), %d SAXS pixels, built in %.2f s",
+             n_win, table.n_entries, table.n_segments, table.saxs_pixel_index.size, time.perf_counter() - started)
     return table

@@ -8,8 +8,11 @@ the Poisson variance of that mean. Pixels above ``saturation_value`` stay in the
 counted per window (the analysis turns a count into a ``SATURATED`` status). The same pass
 integrates the SAXS region (q < ``saxs_q_max_nm``).
 
-:func:`regroup_frame` runs the Numba kernel; :func:`regroup_frame_reference` is the plain
-NumPy version with the same signature, used to test it. Sums accumulate in float64.
+:func:`regroup_frame` runs the Numba kernel over the table's run-length form (runs of
+consecutive pixels cut into segments of one bin: the frame is read contiguously, about 4 B of
+table per segment); :func:`regroup_frame_reference` is the plain NumPy version with the same
+signature and bit for bit the same results, used to test it. Sums accumulate in float64 (or,
+where that is exact, in int64), in the table's entry order.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from analysis.background import RegroupedBackground
 from analysis.errors import GeometryError
@@ -76,16 +83,68 @@ class RegroupBuffers:
         )
 
 
+PREFETCH_LINES = 64
+"""Cache lines (64 B) of the next run that the kernel asks the CPU to fetch at each run's start."""
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """``llvm.prefetch`` (read, high locality) of the cache line of ``array[index]``: a hint only,
+    no effect on any result (the index is not dereferenced)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, view, [args[1]], wraparound=False)
+        byte_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(function, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 @numba.njit(cache=True, error_model="numpy")
-def _regroup_kernel(frame_flat, pixel_index, bin_index, n_bins_per_window, invalid_value, check_invalid,
-                    saturation_value, has_background, background_mean, saxs_pixel_index, saxs_background,
-                    background_scale, saxs_pixel_count_geometric, sum_counts, n_valid, mean_counts, variance,
-                    n_saturated, n_invalid):
+def _prefetch_run(frame_flat, first, length):
+    """Ask for the first PREFETCH_LINES cache lines of ``frame_flat[first:first + length]``."""
+    step = np.uint64(max(1, 64 // frame_flat.itemsize))
+    end = first + min(length, step * np.uint64(PREFETCH_LINES))
+    k = first
+    while k < end:
+        _prefetch(frame_flat, k)
+        k += step
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _largest(frame_flat, first, length):
+    """Largest value of ``frame_flat[first:first + length]`` (length >= 1, unsigned indices)."""
+    largest = frame_flat[first]
+    for j in range(length):
+        largest = max(largest, frame_flat[first + np.uint64(j)])
+    return largest
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _regroup_kernel(frame_flat, run_start, run_length, run_first_segment, segment_length, segment_bin,
+                    n_bins_per_window, invalid_value, check_invalid, saturation_value, integer_sum, has_background,
+                    background_mean, saxs_run_start, saxs_run_length, saxs_background, background_scale,
+                    saxs_pixel_count_geometric, sum_counts, n_valid, mean_counts, variance, n_saturated, n_invalid):
     """The per-frame pass (plain loops over caller-owned flat arrays, no allocation).
+
+    The table comes run-length encoded (:func:`analysis.polar_table.run_length_encode`): runs
+    of consecutive pixels, each cut into segments of one bin, in the table's entry order, so
+    the frame is read contiguously and every bin receives its pixels in the same order as
+    pixel by pixel. With ``integer_sum`` (integer frames whose per-bin sums stay below 2^53,
+    where int64 sums equal the float64 ones exactly), a run whose largest value is neither
+    NODATA nor above the saturation value is summed segment by segment without checks; any
+    other run (and every run of a float frame) goes pixel by pixel with every check.
 
     ``background_mean`` (per bin) and ``saxs_background`` (per SAXS pixel) are read only when
     ``has_background``. Returns (saxs_sum, saxs_n_valid, saxs_n_invalid, saxs_n_saturated,
-    saxs_intensity).
+    saxs_intensity). Indices are unsigned so that no negative-index wraparound is compiled in.
     """
     for b in range(sum_counts.size):
         sum_counts[b] = 0.0
@@ -93,16 +152,47 @@ def _regroup_kernel(frame_flat, pixel_index, bin_index, n_bins_per_window, inval
     for w in range(n_saturated.size):
         n_saturated[w] = 0
         n_invalid[w] = 0
-    for e in range(pixel_index.size):
-        value = np.float64(frame_flat[pixel_index[e]])
-        b = bin_index[e]
-        if value != value or (check_invalid and value == invalid_value):
-            n_invalid[b // n_bins_per_window] += 1
-            continue
-        sum_counts[b] += value
-        n_valid[b] += 1
-        if value > saturation_value:
-            n_saturated[b // n_bins_per_window] += 1
+    need_check = check_invalid or saturation_value < np.inf
+    bins_per_window = np.uint64(n_bins_per_window)
+    n_runs = run_start.size
+    for r in range(n_runs):
+        p = np.uint64(run_start[r])
+        if r + 1 < n_runs:                       # the frame is read run by run: fetch the next one early
+            _prefetch_run(frame_flat, np.uint64(run_start[r + 1]), np.uint64(run_length[r + 1]))
+        clean = integer_sum
+        if integer_sum and need_check:
+            top = np.float64(_largest(frame_flat, p, np.uint64(run_length[r])))
+            clean = top <= saturation_value and not (check_invalid and top >= invalid_value)
+        first_segment, end_segment = np.uint64(run_first_segment[r]), np.uint64(run_first_segment[r + 1])
+        if clean:
+            for s in range(first_segment, end_segment):
+                length = np.uint64(segment_length[s])
+                b = np.uint64(segment_bin[s])
+                total = np.uint64(0)
+                for j in range(length):
+                    total += np.uint64(frame_flat[p + np.uint64(j)])
+                sum_counts[b] += np.float64(total)
+                n_valid[b] += np.int32(length)
+                p += length
+        else:
+            for s in range(first_segment, end_segment):
+                length = np.uint64(segment_length[s])
+                b = np.uint64(segment_bin[s])
+                w = b // bins_per_window
+                acc = sum_counts[b]
+                used = 0
+                for j in range(length):
+                    value = np.float64(frame_flat[p + np.uint64(j)])
+                    if value != value or (check_invalid and value == invalid_value):
+                        n_invalid[w] += 1
+                        continue
+                    acc += value
+                    used += 1
+                    if value > saturation_value:
+                        n_saturated[w] += 1
+                sum_counts[b] = acc
+                n_valid[b] += used
+                p += length
     for b in range(sum_counts.size):
         n = n_valid[b]
         if n == 0:
@@ -117,22 +207,52 @@ def _regroup_kernel(frame_flat, pixel_index, bin_index, n_bins_per_window, inval
     saxs_n_valid = 0
     saxs_n_invalid = 0
     saxs_n_saturated = 0
-    for s in range(saxs_pixel_index.size):
-        value = np.float64(frame_flat[saxs_pixel_index[s]])
-        if value != value or (check_invalid and value == invalid_value):
-            saxs_n_invalid += 1
-            continue
-        saxs_sum += value
-        if has_background:
-            saxs_background_sum += saxs_background[s]
-        saxs_n_valid += 1
-        if value > saturation_value:
-            saxs_n_saturated += 1
+    offset = np.uint64(0)                        # SAXS pixel ordinal of the run's first pixel
+    n_saxs_runs = saxs_run_start.size
+    for r in range(n_saxs_runs):
+        p = np.uint64(saxs_run_start[r])
+        length = np.uint64(saxs_run_length[r])
+        if r + 1 < n_saxs_runs:
+            _prefetch_run(frame_flat, np.uint64(saxs_run_start[r + 1]), np.uint64(saxs_run_length[r + 1]))
+        clean = integer_sum
+        if integer_sum and need_check:
+            top = np.float64(_largest(frame_flat, p, length))
+            clean = top <= saturation_value and not (check_invalid and top >= invalid_value)
+        if clean:
+            total = np.uint64(0)
+            for j in range(length):
+                total += np.uint64(frame_flat[p + np.uint64(j)])
+            saxs_sum += np.float64(total)
+            saxs_n_valid += np.int64(length)
+            if has_background:
+                for j in range(length):
+                    saxs_background_sum += saxs_background[offset + np.uint64(j)]
+        else:
+            for j in range(length):
+                value = np.float64(frame_flat[p + np.uint64(j)])
+                if value != value or (check_invalid and value == invalid_value):
+                    saxs_n_invalid += 1
+                    continue
+                saxs_sum += value
+                if has_background:
+                    saxs_background_sum += saxs_background[offset + np.uint64(j)]
+                saxs_n_valid += 1
+                if value > saturation_value:
+                    saxs_n_saturated += 1
+        offset += length
     saxs_intensity = np.nan
     if saxs_n_valid > 0:
         saxs_intensity = ((saxs_sum - background_scale * saxs_background_sum) / saxs_n_valid
                           * saxs_pixel_count_geometric)
     return saxs_sum, saxs_n_valid, saxs_n_invalid, saxs_n_saturated, saxs_intensity
+
+
+def _integer_sums_exact(frame_dtype: np.dtype, table: PolarTable) -> bool:
+    """True when int64 sums of ``frame_dtype`` counts are exact in float64 for every bin and the
+    SAXS region (each partial sum below 2^53), so they equal the plain float64 sums."""
+    if frame_dtype.kind != "u":
+        return False
+    return table.max_pixels_per_sum * int(np.iinfo(frame_dtype).max) < 2**53
 
 
 def _prepare(frame, table: PolarTable, invalid_value, saturation_value, background, out):
@@ -199,10 +319,12 @@ def regroup_frame(frame: np.ndarray, table: PolarTable, invalid_value: float | N
                                                              background, out)
     has_background = background is not None
     result = _regroup_kernel(
-        flat, table.pixel_index, table.bin_index, np.int64(table.n_bins_per_window), invalid, check_invalid,
-        saturation, has_background,
+        flat, table.run_start, table.run_length, table.run_first_segment, table.segment_length, table.segment_bin,
+        np.int64(table.n_bins_per_window),
+        invalid, check_invalid, saturation, _integer_sums_exact(flat.dtype, table), has_background,
         background.mean_per_pixel.reshape(-1) if has_background else _NO_BACKGROUND,
-        table.saxs_pixel_index, background.saxs_per_pixel if has_background else _NO_BACKGROUND,
+        table.saxs_run_start, table.saxs_run_length,
+        background.saxs_per_pixel if has_background else _NO_BACKGROUND,
         float(background.scale) if has_background else 0.0,
         np.float64(table.saxs_pixel_count_geometric), out.sum_counts.reshape(-1), out.n_valid.reshape(-1),
         out.mean_counts.reshape(-1), out.variance.reshape(-1), out.n_saturated, out.n_invalid)
@@ -211,11 +333,20 @@ def regroup_frame(frame: np.ndarray, table: PolarTable, invalid_value: float | N
     return out
 
 
+def _sequential_sum(values: np.ndarray) -> float:
+    """Left-to-right float64 sum (``ndarray.sum`` is pairwise and rounds differently)."""
+    return float(np.cumsum(values, dtype=np.float64)[-1]) if values.size else 0.0
+
+
 def regroup_frame_reference(frame: np.ndarray, table: PolarTable, invalid_value: float | None = None,
                             saturation_value: float | None = None,
                             background: RegroupedBackground | None = None,
                             out: RegroupBuffers | None = None) -> RegroupBuffers:
-    """NumPy reference of :func:`regroup_frame` (same signature and results; allocates)."""
+    """NumPy reference of :func:`regroup_frame` (same signature, bit for bit the same results; allocates).
+
+    Entry by entry in the table's order, as the kernel: ``np.bincount`` adds its weights in
+    index order and ``np.cumsum`` sums sequentially, so even float sums round the same way.
+    """
     flat, invalid, check_invalid, saturation, out = _prepare(frame, table, invalid_value, saturation_value,
                                                              background, out)
     if background is None:
@@ -247,12 +378,12 @@ def regroup_frame_reference(frame: np.ndarray, table: PolarTable, invalid_value:
 
     saxs_values = flat[table.saxs_pixel_index].astype(np.float64)
     saxs_good = usable(saxs_values)
-    out.saxs_sum = float(saxs_values[saxs_good].sum())
+    out.saxs_sum = _sequential_sum(saxs_values[saxs_good])
     out.saxs_n_valid = int(saxs_good.sum())
     out.saxs_n_invalid = int((~saxs_good).sum())
     out.saxs_n_saturated = int((saxs_values[saxs_good] > saturation).sum())
     if out.saxs_n_valid:
-        background_sum = scale * saxs_background[saxs_good].sum()
+        background_sum = scale * _sequential_sum(saxs_background[saxs_good])
         out.saxs_intensity = (out.saxs_sum - background_sum) / out.saxs_n_valid * table.saxs_pixel_count_geometric
     else:
         out.saxs_intensity = float("nan")

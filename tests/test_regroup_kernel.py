@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +14,8 @@ from analysis.background import RegroupedBackground, regroup_background
 from analysis.errors import GeometryError
 from analysis.geometry import DetectorGeometry
 from analysis.peak_model import PeakModel, PeakWindow
-from analysis.polar_table import build_polar_table
+from analysis import regroup_kernel
+from analysis.polar_table import MAX_SEGMENT_LENGTH, build_polar_table, run_length_encode
 from analysis.regroup_kernel import RegroupBuffers, regroup_frame, regroup_frame_reference
 
 SHAPE = (48, 56)
@@ -34,16 +37,15 @@ def table():
 
 
 def _assert_same(a: RegroupBuffers, b: RegroupBuffers) -> None:
-    np.testing.assert_array_equal(a.n_valid, b.n_valid)
-    np.testing.assert_allclose(a.sum_counts, b.sum_counts, rtol=1e-12)
-    np.testing.assert_allclose(a.mean_counts, b.mean_counts, rtol=1e-12, atol=1e-12, equal_nan=True)
-    np.testing.assert_allclose(a.variance, b.variance, rtol=1e-12, equal_nan=True)
-    np.testing.assert_array_equal(a.n_saturated, b.n_saturated)
-    np.testing.assert_array_equal(a.n_invalid, b.n_invalid)
+    """Bit for bit: the reference adds the same values in the same order as the kernel."""
+    for name in ("sum_counts", "n_valid", "mean_counts", "variance", "n_saturated", "n_invalid"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert x.tobytes() == y.tobytes(), (name, np.flatnonzero(x.ravel() != y.ravel())[:10])
     assert (a.saxs_n_valid, a.saxs_n_invalid, a.saxs_n_saturated) == (b.saxs_n_valid, b.saxs_n_invalid,
                                                                       b.saxs_n_saturated)
-    assert a.saxs_sum == pytest.approx(b.saxs_sum, rel=1e-12)
-    assert a.saxs_intensity == pytest.approx(b.saxs_intensity, rel=1e-12, nan_ok=True)
+    assert np.float64(a.saxs_sum).tobytes() == np.float64(b.saxs_sum).tobytes()
+    assert np.float64(a.saxs_intensity).tobytes() == np.float64(b.saxs_intensity).tobytes()
 
 
 def _random_frame(rng, dtype):
@@ -74,6 +76,114 @@ def test_kernel_matches_reference_on_random_frames(table, dtype, with_background
         _assert_same(fast, reference)
         assert fast.n_invalid.sum() > 0 and fast.n_saturated.sum() > 0
         assert np.isnan(fast.mean_counts[table.pixel_count_valid == 0]).all()
+
+
+def _sparse_defects(rng, frame, table, n_defects=6):
+    """A few NODATA/NaN, overloaded and (float) infinite pixels among the table's pixels: most
+    runs stay clean (the kernel's fast path), a few take the pixel-by-pixel path."""
+    flat = frame.reshape(-1)
+    pixels = rng.choice(np.concatenate([table.pixel_index, table.saxs_pixel_index]), 3 * n_defects, replace=False)
+    bad, hot, extra = np.split(pixels, 3)
+    flat[bad] = np.nan if frame.dtype.kind == "f" else np.iinfo(frame.dtype).max
+    flat[hot] = 250 if frame.dtype == np.uint8 else 60000
+    if frame.dtype.kind == "f":
+        flat[extra[:1]] = np.inf
+        flat[extra[1:]] = 65535                                         # an explicit invalid value
+    return frame
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.float32, np.float64])
+@pytest.mark.parametrize("with_background", [False, True])
+@pytest.mark.parametrize("integer_sums", [True, False])
+def test_kernel_is_bit_identical_to_reference_on_mostly_clean_frames(table, monkeypatch, dtype, with_background,
+                                                                     integer_sums):
+    """Clean runs (integer fast path) and defective runs mixed, both summation paths of the kernel."""
+    if not integer_sums:
+        monkeypatch.setattr(regroup_kernel, "_integer_sums_exact", lambda *args: False)
+    rng = np.random.default_rng(int(np.dtype(dtype).itemsize) * 100 + 10 * with_background + integer_sums)
+    background = None
+    if with_background:
+        background = regroup_background(rng.random(SHAPE).astype(np.float32) * 20, table).scaled(0.3)
+    top = 200 if dtype == np.uint8 else 5000
+    out = RegroupBuffers.for_table(table)
+    for saturation, invalid in ((None, None), (top, None), (top, 65535 if np.dtype(dtype).kind == "f" else None)):
+        frame = rng.integers(0, top, SHAPE).astype(dtype)
+        if np.dtype(dtype).kind == "f":
+            frame += rng.random(SHAPE).astype(dtype)                     # sums that round
+        _sparse_defects(rng, frame, table)
+        fast = regroup_frame(frame, table, invalid, saturation, background=background, out=out)
+        _assert_same(fast, regroup_frame_reference(frame, table, invalid, saturation, background=background))
+        assert fast.n_invalid.sum() + fast.saxs_n_invalid > 0
+        if saturation is not None:
+            assert fast.n_saturated.sum() + fast.saxs_n_saturated > 0
+    clean = rng.integers(0, top, SHAPE).astype(dtype)                   # no defect at all
+    _assert_same(regroup_frame(clean, table, None, top, background=background, out=out),
+                 regroup_frame_reference(clean, table, None, top, background=background))
+
+
+def test_run_length_form_decodes_to_the_table(table):
+    """Runs of consecutive pixels, cut into segments of one bin, give back every entry in order."""
+    assert table.n_segments < table.n_entries
+    assert table.segment_bin.dtype == np.int16 and table.segment_length.dtype == np.int16
+    assert table.run_start.dtype == np.int32 and table.run_first_segment[-1] == table.n_segments
+    pixels, bins = [], []
+    for r in range(table.run_start.size):
+        segments = slice(table.run_first_segment[r], table.run_first_segment[r + 1])
+        lengths = table.segment_length[segments].astype(np.int64)
+        assert lengths.sum() == table.run_length[r] and np.all(lengths > 0)
+        pixels.append(table.run_start[r] + np.arange(lengths.sum()))
+        bins.append(np.repeat(table.segment_bin[segments], lengths))
+    np.testing.assert_array_equal(np.concatenate(pixels), table.pixel_index)
+    np.testing.assert_array_equal(np.concatenate(bins), table.bin_index)
+    saxs = np.concatenate([start + np.arange(length) for start, length in
+                           zip(table.saxs_run_start.tolist(), table.saxs_run_length.tolist())])
+    np.testing.assert_array_equal(saxs, table.saxs_pixel_index)
+    assert table.max_pixels_per_sum == max(table.pixel_count_valid.max(), table.saxs_pixel_index.size)
+
+
+def test_run_length_encoding_splits_long_segments_and_widens_dtypes():
+    n = 2 * MAX_SEGMENT_LENGTH + 5
+    pixel_index = np.concatenate([np.arange(n), np.arange(n + 10, n + 13), [n + 13, n + 13]]).astype(np.int64)
+    bin_index = np.concatenate([np.zeros(n), [40000, 40000, 7], [7, 9]]).astype(np.int32)
+    encoded = run_length_encode(pixel_index, bin_index, n_pixels=n + 20, n_bins=40001)
+    assert encoded["segment_bin"].dtype == np.int32                    # 40001 bins do not fit int16
+    np.testing.assert_array_equal(encoded["segment_length"], [MAX_SEGMENT_LENGTH, MAX_SEGMENT_LENGTH, 5, 2, 2, 1])
+    np.testing.assert_array_equal(encoded["segment_bin"], [0, 0, 0, 40000, 7, 9])
+    np.testing.assert_array_equal(encoded["run_start"], [0, n + 10, n + 13])     # a repeated pixel starts a run
+    np.testing.assert_array_equal(encoded["run_length"], [n, 4, 1])
+    np.testing.assert_array_equal(encoded["run_first_segment"], [0, 3, 5, 6])
+    small = run_length_encode(pixel_index, bin_index % 100, n_pixels=n + 20, n_bins=100)
+    assert small["segment_bin"].dtype == np.int16 and small["run_start"].dtype == np.int32
+    empty = run_length_encode(np.zeros(0, np.int64), np.zeros(0, np.int32), n_pixels=10, n_bins=10)
+    assert all(array.size == 0 for name, array in empty.items() if name != "run_first_segment")
+    np.testing.assert_array_equal(empty["run_first_segment"], [0])
+
+
+def test_pixels_in_two_bins_and_long_segments(table):
+    """A table whose pixels repeat (one pixel in two bins) and whose segments exceed int16."""
+    rng = np.random.default_rng(5)
+    twice = np.sort(rng.choice(table.n_entries, 40, replace=False))
+    pixel_index = np.insert(table.pixel_index, twice + 1, table.pixel_index[twice])
+    other_bin = (table.bin_index[twice] + table.n_bins_per_window) % int(np.prod(table.bins_shape))
+    bin_index = np.insert(table.bin_index, twice + 1, other_bin).astype(np.int32)
+    doubled = dataclasses.replace(table, pixel_index=pixel_index, bin_index=bin_index)
+    assert doubled.n_entries == table.n_entries + 40 and doubled.run_start.size > table.run_start.size
+    frame = rng.integers(0, 3000, SHAPE).astype(np.uint16)
+    _sparse_defects(rng, frame, table, n_defects=3)
+    for candidate in (frame, frame.astype(np.float32) + 0.1):
+        _assert_same(regroup_frame(candidate, doubled, saturation_value=50000),
+                     regroup_frame_reference(candidate, doubled, saturation_value=50000))
+    # one bin holding a whole row-major block: segments longer than MAX_SEGMENT_LENGTH, split
+    shape = (300, 250)
+    block = dataclasses.replace(table, detector_shape=shape, pixel_index=np.arange(70000, dtype=np.int64),
+                                bin_index=np.full(70000, 3, np.int32),
+                                saxs_pixel_index=np.arange(70000, 75000, dtype=np.int64))
+    assert block.n_segments == 3 and block.max_pixels_per_sum == 70000
+    big = rng.integers(0, 2**32 - 2, shape, dtype=np.uint32)
+    big.ravel()[[12, 40000]] = 2**32 - 1
+    for candidate in (big, big.astype(np.float64) + 0.5):
+        _assert_same(regroup_frame(candidate, block, saturation_value=4e9),
+                     regroup_frame_reference(candidate, block, saturation_value=4e9))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
