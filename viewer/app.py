@@ -55,6 +55,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
         self.snapshot: MapSnapshot | None = None
         self.redraws = 0
         self.redraw_times: deque[float] = deque(maxlen=1000)
+        self._arrived: float | None = None
         self.selected: tuple[int, int, int] | None = None  # series, row, column
         self.selector = ParameterSelector()
         self.auto_range = QtWidgets.QCheckBox("auto colour range (2-98 %)")
@@ -109,6 +110,7 @@ class ViewerWindow(QtWidgets.QMainWindow):
 
     # -- maps ------------------------------------------------------------------------------------
     def show_snapshot(self, snapshot: MapSnapshot) -> None:
+        self._arrived = time.monotonic()  # the feed caps arrivals: the redraw below is timed from here
         new_series = self.snapshot is None or self.snapshot.series_id != snapshot.series_id
         self.snapshot = snapshot
         self._taking_snapshot = True  # one redraw per snapshot, not one more for a new parameter list
@@ -120,7 +122,10 @@ class ViewerWindow(QtWidgets.QMainWindow):
         if new_series:
             self.selected = None
             self.map_panel.mark_pixel(None, None)
-        self.redraw()
+        try:
+            self.redraw()
+        finally:
+            self._arrived = None
 
     def _on_parameter(self, _name: str) -> None:
         if self._taking_snapshot:
@@ -135,7 +140,8 @@ class ViewerWindow(QtWidgets.QMainWindow):
         snapshot, name = self.snapshot, self.selector.current()
         if snapshot is None or name is None:
             return
-        self.redraw_times.append(time.monotonic())  # when the redraw starts: the feed caps these
+        # when the redraw starts, or when the snapshot it draws arrived (the feed caps arrivals)
+        self.redraw_times.append(self._arrived if self._arrived is not None else time.monotonic())
         values = snapshot.map(name)
         info = self.selector.info[name]
         if self.auto_range.isChecked() or self.map_panel.levels is None:
