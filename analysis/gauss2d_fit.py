@@ -180,9 +180,9 @@ def _bounds(name: str, given, default: np.ndarray) -> np.ndarray:
 
 
 def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, params, errors, status,
-                     chi2_reduced, n_iterations, *, lower=None, upper=None, raw_params=None,
-                     initial=None, settings: FitSettings | None = None,
-                     parallel: bool = False) -> None:
+                     chi2_reduced, n_iterations, *, exposure=None, offset=None, points=None,
+                     broadening=None, lower=None, upper=None, raw_params=None, initial=None,
+                     settings: FitSettings | None = None, parallel: bool = False) -> None:
     """Fit a batch of windows into caller-owned output arrays.
 
     Parameters
@@ -192,6 +192,26 @@ def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, param
     variance : array_like (n_win, n_q, n_chi)
         Variance of each value (> 0; inf or NaN for an empty bin). A bin with variance 0 is
         skipped: window builders should floor the Poisson variance (e.g. ``max(counts, 1)``).
+        With ``exposure`` it serves the start point (guess and first stage) only.
+    exposure : array_like (n_win, n_q, n_chi), optional
+        Photons per data unit in each bin (counts = ``exposure * (mean_counts + offset)``;
+        e.g. pixels per bin for mean counts per pixel). Given: Poisson maximum likelihood,
+        weights from the model (see :mod:`analysis.gauss2d_lm`); a bin with exposure 0 or
+        NaN is skipped. None: least squares with the fixed ``variance``.
+    offset : array_like (n_win, n_q, n_chi), optional
+        Known background already subtracted from ``mean_counts`` (data units; default 0),
+        which still adds its Poisson noise. Only with ``exposure``.
+    points : tuple of two array_like (n_win, n_q, n_chi), optional
+        ``(q_points_nm, chi_points_deg)``: where to evaluate the model in each bin, e.g. the
+        mean position of the bin's pixels (``PolarTable.pixel_q_mean_nm`` /
+        ``pixel_chi_mean_deg``), on the same continuous chi axis as ``chi_centres_deg``; a NaN
+        point skips its bin. None: the bin centres (faster: the model is then separable).
+    broadening : tuple of two array_like (n_win, n_q, n_chi), optional
+        ``(var_q, var_chi)``, nm^-2 and deg^2: the variance of the positions a bin averages
+        over (its pixels' spread and each pixel's extent); the model peak of each bin then has
+        the rms widths ``sqrt(sigma^2 + var)``, so that the fitted widths are the intrinsic
+        ones. With ``points`` per bin, else the window's mean (the model stays separable).
+        None: no broadening.
     q_centres_nm : array_like (n_win, n_q) or (n_q,)
         Evenly spaced, increasing bin centres in q, nm^-1.
     chi_centres_deg : array_like (n_win, n_chi) or (n_chi,)
@@ -223,6 +243,32 @@ def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, param
     n_win, n_q, n_chi = counts.shape
     counts = _float64_array("mean_counts", counts, counts.shape)
     var = _float64_array("variance", variance, counts.shape)
+    poisson = exposure is not None
+    if offset is not None and not poisson:
+        raise ValueError("offset needs exposure (it only enters the Poisson likelihood)")
+    if poisson:
+        expo = _float64_array("exposure", exposure, counts.shape)
+        off = (np.zeros(counts.shape) if offset is None
+               else _float64_array("offset", offset, counts.shape))
+    else:
+        expo = off = np.zeros((n_win, 1, 1))  # placeholders, never read
+    at_points = points is not None
+    if at_points:
+        q_points = _float64_array("q_points", points[0], counts.shape)
+        chi_points = _float64_array("chi_points", points[1], counts.shape)
+    else:
+        q_points = chi_points = np.zeros((n_win, 1, 1))  # placeholders, never read
+    if broadening is None:
+        q_var = chi_var = np.zeros((n_win, 1, 1)) if not at_points else np.zeros(counts.shape)
+        var_q = var_chi = np.zeros(n_win)
+    else:
+        q_var = _float64_array("broadening q", broadening[0], counts.shape)
+        chi_var = _float64_array("broadening chi", broadening[1], counts.shape)
+        with np.errstate(invalid="ignore"):
+            if np.any(q_var < 0) or np.any(chi_var < 0):
+                raise ValueError("broadening variances must be >= 0 (NaN where a bin is empty)")
+        var_q, var_chi = (np.array([np.nanmean(v[w]) if np.isfinite(v[w]).any() else 0.0
+                                    for w in range(n_win)]) for v in (q_var, chi_var))
     q = _float64_array("q_centres_nm", q_centres_nm, (n_win, n_q))
     chi = _float64_array("chi_centres_deg", chi_centres_deg, (n_win, n_chi))
     default_lower, default_upper = default_bounds(q, chi)
@@ -251,16 +297,20 @@ def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, param
     scratch = (np.empty(lead + (n_q,)), np.empty(lead + (3, n_chi)),
                np.empty(lead + (n_q * n_chi,)),
                np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
-               np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)))
+               np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)),
+               np.empty(lead + (2, 2, n_q * n_chi)))
     kernel = fit_batch_parallel if parallel else fit_batch_serial
-    kernel(counts, var, q, chi, low, high, int(settings.max_iterations), float(settings.ftol),
+    kernel(counts, var, expo, off, poisson, q_points, chi_points, q_var, chi_var, var_q, var_chi,
+           at_points, q, chi, low, high, int(settings.max_iterations), float(settings.ftol),
            float(settings.xtol), float(settings.min_significance),
            float(settings.edge_margin_bins), int(settings.min_valid_bins), params, errors, status,
            chi2_reduced, n_iterations, raw_params, initial, *scratch)
 
 
 def fit_windows(mean_counts, variance, q_centres_nm, chi_centres_deg, lower=None, upper=None, *,
-                settings: FitSettings | None = None, parallel: bool = False) -> Gauss2DFitResult:
+                exposure=None, offset=None, points=None, broadening=None,
+                settings: FitSettings | None = None,
+                parallel: bool = False) -> Gauss2DFitResult:
     """Fit a batch of windows and return newly allocated results.
 
     Arguments as in :func:`fit_windows_into`; a single window of shape (n_q, n_chi) is
@@ -270,6 +320,11 @@ def fit_windows(mean_counts, variance, q_centres_nm, chi_centres_deg, lower=None
     if counts.ndim == 2:
         counts = counts[None]
         variance = np.asarray(variance)[None]
+        exposure = None if exposure is None else np.asarray(exposure)[None]
+        offset = None if offset is None else np.asarray(offset)[None]
+        points = None if points is None else tuple(np.asarray(a)[None] for a in points)
+        broadening = (None if broadening is None
+                      else tuple(np.asarray(a)[None] for a in broadening))
         q_centres_nm = np.atleast_2d(q_centres_nm)
         chi_centres_deg = np.atleast_2d(chi_centres_deg)
     n_win = counts.shape[0] if counts.ndim == 3 else 0
@@ -286,8 +341,10 @@ def fit_windows(mean_counts, variance, q_centres_nm, chi_centres_deg, lower=None
         lower=_bounds("lower", lower, default_lower), upper=_bounds("upper", upper, default_upper))
     fit_windows_into(counts, variance, q_centres_nm, chi_centres_deg, result.params,
                      result.errors, result.status, result.chi2_reduced, result.n_iterations,
-                     lower=result.lower, upper=result.upper, raw_params=result.raw_params,
-                     initial=result.initial, settings=settings, parallel=parallel)
+                     exposure=exposure, offset=offset, points=points, broadening=broadening,
+                     lower=result.lower,
+                     upper=result.upper, raw_params=result.raw_params, initial=result.initial,
+                     settings=settings, parallel=parallel)
     return result
 
 
@@ -297,8 +354,12 @@ def warm_up(parallel: bool = False) -> None:
     chi = np.linspace(150.0, 200.0, 16)
     peak = np.exp(-((q[:, None] - 0.7) ** 2) / 0.005 - ((chi[None, :] - 175.0) ** 2) / 50.0)
     counts = np.stack([100.0 * peak + 1.0, np.ones_like(peak)])
-    result = fit_windows(counts, np.maximum(counts, 1.0), q, chi)
+    variance = np.maximum(counts, 1.0)
+    exposure = np.ones_like(counts)
+    fit_windows(counts, variance, q, chi)
+    result = fit_windows(counts, variance, q, chi, exposure=exposure, offset=0.0 * counts)
     if parallel:
-        fit_windows(counts, np.maximum(counts, 1.0), q, chi, parallel=True)
+        fit_windows(counts, variance, q, chi, parallel=True)
+        fit_windows(counts, variance, q, chi, exposure=exposure, parallel=True)
     logger.debug("gauss2d fit kernels ready (status of the warm-up windows: %s)",
                  result.status.tolist())

@@ -3,40 +3,66 @@
 The Python entry point, with input validation and default bounds, is
 :func:`analysis.gauss2d_fit.fit_windows`. One call fits ``n_win`` windows of identical bin
 layout ``(n_q, n_chi)``; the model, parameter order and units are those of
-:mod:`analysis.gauss2d_model`. Weighted least squares with
-weights ``1 / variance`` (chi-square; the variance comes from the raw counts), over the valid
-bins only (finite value, finite variance > 0; NaN marks an empty bin and is skipped).
+:mod:`analysis.gauss2d_model`. Two weightings, over the valid bins only (finite value,
+finite variance > 0; NaN marks an empty bin and is skipped):
+
+* **Poisson** (``poisson=True``, what the analysis uses): bin i holds
+  ``N_i = e_i (y_i + o_i)`` photons, ``e`` the exposure (photons per data unit, e.g. pixels
+  per bin times the pixel's (q, chi) area) and ``o`` the known background already subtracted
+  from ``y``; N_i is Poisson with mean ``mu_i = e_i (m_i + o_i)``. The fit minimises the
+  Poisson deviance ``2 sum [mu - N + N ln(N / mu)]``: maximum likelihood. Its gradient is
+  the score ``J^T W r`` with the weights ``W = e / (m + o)`` of the *current model*; the
+  steps use the observed information ``J^T diag(e N / mu^2) J`` (Newton without the
+  model-curvature term: exact for the linear background, where the Fisher matrix, i.e.
+  iterative reweighting, converges slowly at ~1 photon per bin); the errors come from the
+  Fisher information ``J^T W J`` at the optimum. Weights from the observed counts (Neyman's
+  chi2) would bias I0 low by ~20 % and make the errors ~1.5x too small at the ~1 photon per
+  bin of a SAXS window; with the model's they are unbiased and honest. Bins with exposure 0
+  (or NaN) are skipped; a step to a model with ``m + o <= 0`` in some bin is rejected (a
+  Poisson mean must be positive), and a start point that has one gets its background raised
+  until the lowest bin expects half a photon.
+* **Fixed variance** (``poisson=False``): chi2 with weights ``1 / variance`` (for data
+  whose variance is known and does not follow the model).
 
 Algorithm (``fit_window_kernel``)
 ---------------------------------
-* Start from :func:`analysis.peak_guess.guess_peak_kernel`, moved inside the bounds.
+* Start from :func:`analysis.peak_guess.guess_peak_kernel` (which uses ``variance``), moved
+  inside the bounds.
 * Each iteration solves the damped normal equations ``(J^T W J + lambda D) delta = J^T W r``
   (7 x 7, hand-written Cholesky) with Marquardt's scaling ``D`` = running maximum of
-  ``diag(J^T W J)``. ``lambda`` starts at 1e-3, is divided by 10 after an accepted step and
-  multiplied by 10 after a rejected one.
+  ``diag(J^T W J)``. ``lambda`` starts at 1e-3, is divided by 10 after an accepted step
+  (one that does not raise the merit) and multiplied by 10 after a rejected one.
 * Bounds by projection: a parameter at a bound whose gradient points outward is held for that
   step (its row and column are removed from the system), the trial point is clipped into the
   box. ``lower == upper`` fixes a parameter. Unlike a smooth transform this leaves the
   covariance at an interior optimum exactly that of the unconstrained problem.
-* Converged when an accepted step lowers chi2 by at most ``ftol`` relative, or moves the
+* Converged when an accepted step lowers the merit by at most ``ftol`` relative, or moves the
   parameters by at most ``xtol`` in units of their standard errors
   (``sqrt(sum delta_k^2 D_k)``), or when a rejected step was predicted to gain at most
-  ``ftol`` relative (the minimum is reached to rounding). ``max_iterations`` bounds the
+  ``ftol`` relative (the minimum is reached to rounding; a step that clipping at a bound
+  made predict a loss only raises ``lambda``). ``max_iterations`` bounds the
   number of attempted steps.
-* Errors: ``sqrt(diag((J^T W J)^-1))`` at the optimum, multiplied by ``sqrt(chi2_reduced)``
-  when that is above 1 (model or variance too optimistic: errors are widened, never narrowed
-  below the Poisson ones). With ``chi2_reduced <= 1`` they equal ``curve_fit``'s with
-  ``absolute_sigma=True``.
+* Errors: ``sqrt(diag((J^T W J)^-1))`` at the optimum (the inverse Fisher information for
+  Poisson), multiplied by ``sqrt(chi2_reduced)`` when that is above 1 (model too
+  optimistic: errors are widened, never narrowed). ``chi2_reduced`` is chi2 / (n_valid - 7),
+  with the model's variances (Pearson's chi2) for Poisson. For fixed variances the errors
+  equal ``curve_fit``'s with ``absolute_sigma=True`` when ``chi2_reduced <= 1``.
 
 Status (``analysis.status.Status``), first match wins: INVALID_INPUT (non-finite axes, axes
-not increasing, inf counts, negative variance, inconsistent bounds), TOO_FEW_POINTS (fewer
+not increasing, inf counts, negative variance or exposure, infinite offset, inconsistent
+bounds), TOO_FEW_POINTS (fewer
 than ``min_valid_bins`` valid bins, default 3 x 7), NOT_SIGNIFICANT (I0 at its lower bound or
 <= 0), SINGULAR (normal matrix not invertible at the end; NOT_CONVERGED if also not
-converged), NOT_SIGNIFICANT (I0 / sigma(I0) < ``min_significance``, default 3), NOT_CONVERGED,
-CENTRE_AT_EDGE (centre within ``edge_margin_bins`` of the window edge, default 1 bin, or on a
-centre bound), OK. Only OK windows get numbers in ``params`` / ``errors``; the last
-parameters of every fitted window stay in ``raw_params`` and its chi2_reduced in
-``chi2_reduced`` (diagnostics, NaN where no fit ran).
+converged), NOT_SIGNIFICANT (I0 / sigma(I0) < ``min_significance``, default 3), NOT_CONVERGED
+(also: no Poisson start point within the background bounds), CENTRE_AT_EDGE (centre within
+``edge_margin_bins`` of the window edge, default 1 bin, or on a centre bound), OK. Only OK
+windows get numbers in ``params`` / ``errors``; the last parameters of every fitted window
+stay in ``raw_params`` and its chi2_reduced in ``chi2_reduced`` (diagnostics, NaN where no
+fit ran).
+
+Model points: by default the model is evaluated at the bin centres, separably (n_q + n_chi
+exponentials per evaluation); with ``at_points`` at a given point per bin (the mean position
+of its pixels), one exponential per bin.
 """
 
 from __future__ import annotations
@@ -46,13 +72,18 @@ import math
 import numba
 import numpy as np
 
-from analysis.gauss2d_model import N_PARAMS, normal_equations_kernel
+from analysis.gauss2d_model import (N_PARAMS, normal_equations_kernel,
+                                    points_normal_equations_kernel,
+                                    poisson_normal_equations_kernel)
 from analysis.peak_guess import guess_peak_kernel
 
 LAMBDA_START = 1e-3
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e16
 PIVOT_RELATIVE_TOLERANCE = 1e-13
+START_MIN_PHOTONS = 0.5
+"""Photons (at the mean exposure) the lowest bin expects at a Poisson start point that had to
+be made feasible."""
 # Status codes as plain ints for Numba (values of analysis.status.Status; a test checks them).
 _OK, _NOT_SIGNIFICANT, _NOT_CONVERGED, _TOO_FEW_POINTS = 0, 1, 2, 3
 _CENTRE_AT_EDGE, _INVALID_INPUT, _SINGULAR = 4, 5, 6
@@ -132,14 +163,31 @@ def _inputs_valid(mean_counts, variance, q_nm, chi_deg, lower, upper):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _count_valid(mean_counts, variance):
+def _poisson_inputs_valid(exposure, offset):
+    """False for a negative exposure or an infinite offset (wrong, not missing, data)."""
+    for i in range(exposure.shape[0]):
+        for j in range(exposure.shape[1]):
+            if exposure[i, j] < 0.0 or math.isinf(exposure[i, j]) or math.isinf(offset[i, j]):
+                return False
+    return True
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _count_valid(mean_counts, variance, exposure, offset, poisson, q_points, chi_points,
+                 at_points):
     n = 0
     for i in range(mean_counts.shape[0]):
         for j in range(mean_counts.shape[1]):
             y = mean_counts[i, j]
             v = variance[i, j]
-            if math.isfinite(y) and math.isfinite(v) and v > 0.0:
-                n += 1
+            if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
+                continue
+            if poisson and not (exposure[i, j] > 0.0 and math.isfinite(offset[i, j])):
+                continue
+            if at_points and not (math.isfinite(q_points[i, j])
+                                  and math.isfinite(chi_points[i, j])):
+                continue
+            n += 1
     return n
 
 
@@ -195,48 +243,89 @@ def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, colu
 
 
 @numba.njit(cache=True, error_model="numpy")
-def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_iterations, ftol,
-                      xtol, min_significance, edge_margin_bins, min_valid_bins, params_out,
-                      errors_out, raw_out, initial_out, exp_q, exp_chi, sort_buffer, mats, vecs):
-    """Fit one window (Levenberg-Marquardt; algorithm and status in the module docstring).
+def _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points, chi_points, q_var,
+              chi_var, var_q, var_chi, at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row,
+              normal_matrix, gradient, observed, use_ref, ref, out):
+    """(merit, chi2) and the normal equations at ``p``: for Poisson the deviance (its change
+    from the state ``ref`` with ``use_ref``), Pearson's chi2 and the observed (``observed``)
+    or Fisher information, the bins' means going to ``out``; for fixed variances chi2 twice.
+    The model at the bins' points with their broadening ``q_var``, ``chi_var`` when
+    ``at_points``, else at the bin centres with the window's broadening ``var_q``,
+    ``var_chi`` (separable)."""
+    if at_points:
+        return points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure,
+                                              offset, q_points, chi_points, q_mid,
+                                              normal_matrix, gradient, observed, use_ref, ref,
+                                              out, q_var, chi_var)
+    if poisson:
+        return poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, q_nm,
+                                               chi_deg, q_mid, exp_q, exp_chi, row,
+                                               normal_matrix, gradient, observed, use_ref, ref,
+                                               out, var_q, var_chi)
+    chi2 = normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid, exp_q,
+                                   exp_chi, row, normal_matrix, gradient, var_q, var_chi)
+    return chi2, chi2
 
-    Parameters
-    ----------
-    mean_counts, variance : float64 (n_q, n_chi)
-    q_nm : float64 (n_q,), chi_deg : float64 (n_chi,)
-        Strictly increasing, evenly spaced bin centres, n_q and n_chi >= 2.
-    lower, upper : float64 (7,)
-        Bounds (+-inf allowed; ``lower == upper`` fixes a parameter).
-    max_iterations, min_valid_bins : int
-    ftol, xtol, min_significance, edge_margin_bins : float
-    params_out, errors_out, raw_out, initial_out : float64 (7,)
-        Outputs (NaN unless OK / unless a fit ran / unless a guess was made).
-    exp_q : float64 (n_q,), exp_chi : float64 (3, n_chi), sort_buffer : float64 (n_q * n_chi,)
-    mats : float64 (4, 7, 7), vecs : float64 (8, 7)
-        Scratch.
 
-    Returns
-    -------
-    status : int, chi2_reduced : float, n_iterations : int
+@numba.njit(cache=True, error_model="numpy")
+def _make_feasible(p, mean_counts, variance, exposure, offset, q_points, chi_points, at_points,
+                   q_nm, chi_deg, q_mid, lower, upper):
+    """Make a Poisson start point feasible: if the background plus offset is not positive in
+    every valid bin (then the model is: the peak term is not negative), raise the background
+    ``b0`` until its lowest bin expects ``START_MIN_PHOTONS`` photons at the window's mean
+    exposure; if ``b0``'s upper bound does not allow it, also set the slope ``b1`` to 0 and
+    try again.
+
+    A Poisson mean must be positive; the guess from a background-subtracted window with few
+    photons can have a background below zero. Returns False when no such start exists.
     """
-    for k in range(N_PARAMS):
-        params_out[k] = np.nan
-        errors_out[k] = np.nan
-        raw_out[k] = np.nan
-        initial_out[k] = np.nan
-    if not _inputs_valid(mean_counts, variance, q_nm, chi_deg, lower, upper):
-        return _INVALID_INPUT, np.nan, 0
-    n_valid = _count_valid(mean_counts, variance)
-    p = vecs[_P]
-    guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, p, sort_buffer)
-    _move_inside(p, lower, upper)
-    initial_out[:] = p
-    if n_valid < max(min_valid_bins, N_PARAMS + 1):
-        return _TOO_FEW_POINTS, np.nan, 0
+    for attempt in range(2):
+        if attempt == 1:
+            if not (lower[6] <= 0.0 <= upper[6]):
+                return False
+            p[6] = 0.0
+        # the peak term is >= 0 (I0 >= 0): the background plus offset bounds the mean below
+        lowest = np.inf
+        exposure_sum = 0.0
+        n = 0
+        for i in range(q_nm.shape[0]):
+            for j in range(chi_deg.shape[0]):
+                y = mean_counts[i, j]
+                v = variance[i, j]
+                e = exposure[i, j]
+                o = offset[i, j]
+                qp = q_points[i, j] if at_points else q_nm[i]
+                cp = chi_points[i, j] if at_points else chi_deg[j]
+                if not (math.isfinite(y) and math.isfinite(v) and v > 0.0 and math.isfinite(e)
+                        and e > 0.0 and math.isfinite(o) and math.isfinite(qp)
+                        and math.isfinite(cp)):
+                    continue
+                lowest = min(lowest, p[5] + p[6] * (qp - q_mid) + o)
+                exposure_sum += e
+                n += 1
+        if n == 0 or lowest > 0.0:
+            return True
+        raise_by = START_MIN_PHOTONS * n / exposure_sum - lowest
+        if p[5] + raise_by <= upper[5]:
+            p[5] += raise_by
+            return True
+    return False
 
-    n_q = q_nm.shape[0]
-    n_chi = chi_deg.shape[0]
-    q_mid = 0.5 * (q_nm[0] + q_nm[n_q - 1])
+
+@numba.njit(cache=True, error_model="numpy")
+def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_points,
+                         chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm, chi_deg,
+                         q_mid, lower, upper,
+                         max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs, means):
+    """Damped Gauss-Newton (fixed variances) or Newton (Poisson deviance, observed
+    information) iterations from ``p`` (updated in place).
+
+    ``mats[_A]`` holds the normal matrix at the final ``p`` (for Poisson the observed
+    information: the caller evaluates the Fisher matrix for the errors). ``means`` (2, 2,
+    n_bins) scratch holds the bins' Poisson means of the current iterate
+    (``means[current]``) and of the trial point. Returns (converged, merit, chi2,
+    n_iterations, current); merit and chi2 are inf if ``p`` could not be evaluated.
+    """
     a_mat = mats[_A]
     a_trial = mats[_A_TRIAL]
     damped = mats[_M]
@@ -248,10 +337,13 @@ def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_it
     scale = vecs[_D]
     row = vecs[_ROW]
     held = vecs[_HELD]
-    chi2 = normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid, exp_q,
-                                   exp_chi, row, a_mat, g)
-    if not math.isfinite(chi2):
-        return _INVALID_INPUT, np.nan, 0
+    current = 0
+    merit, chi2 = _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points,
+                            chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm,
+                            chi_deg, q_mid, exp_q, exp_chi, row, a_mat, g, True, False,
+                            means[1], means[0])
+    if not math.isfinite(merit):
+        return False, merit, chi2, 0, current
     for k in range(N_PARAMS):
         scale[k] = a_mat[k, k]
     lam = LAMBDA_START
@@ -287,28 +379,122 @@ def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_it
             predicted += 2.0 * delta[a] * g[a]
             for b in range(N_PARAMS):
                 predicted -= delta[a] * a_mat[a, b] * delta[b]
-        chi2_trial = normal_equations_kernel(trial, mean_counts, variance, q_nm, chi_deg, q_mid,
-                                             exp_q, exp_chi, row, a_trial, g_trial)
-        if math.isfinite(chi2_trial) and chi2_trial <= chi2:
-            gain = chi2 - chi2_trial
+        merit_trial, chi2_trial = _evaluate(poisson, trial, mean_counts, variance, exposure,
+                                            offset, q_points, chi_points, q_var, chi_var,
+                                            var_q, var_chi, at_points, q_nm, chi_deg, q_mid,
+                                            exp_q, exp_chi, row, a_trial, g_trial, True, True,
+                                            means[current], means[1 - current])
+        # Poisson: the kernel returned the deviance change itself (accurate to rounding)
+        change = merit_trial if poisson else merit_trial - merit
+        if math.isfinite(change) and change <= 0.0:
+            gain = -change
+            merit_trial = merit + change
+            current = 1 - current
             p[:] = trial
             g[:] = g_trial
             a_mat[:, :] = a_trial
             for k in range(N_PARAMS):
                 scale[k] = max(scale[k], a_mat[k, k])
+            merit = merit_trial
             chi2 = chi2_trial
             lam = max(lam * 0.1, LAMBDA_MIN)
-            if gain <= ftol * chi2 or math.sqrt(step2) <= xtol:
+            if gain <= ftol * merit or math.sqrt(step2) <= xtol:
                 converged = True
                 break
         else:
             lam *= 10.0
-            if predicted <= ftol * chi2:
+            # a step clipped at a bound can predict a loss (< 0): damp it more, do not stop
+            if 0.0 <= predicted <= ftol * merit:
                 converged = True
                 break
             if lam > LAMBDA_MAX:
                 break
+    return converged, merit, chi2, n_iterations, current
 
+
+@numba.njit(cache=True, error_model="numpy")
+def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points, chi_points, q_var,
+                      chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
+                      max_iterations, ftol, xtol, min_significance, edge_margin_bins,
+                      min_valid_bins, params_out, errors_out, raw_out, initial_out, exp_q, exp_chi,
+                      sort_buffer, mats, vecs, means):
+    """Fit one window (Levenberg-Marquardt; algorithm and status in the module docstring).
+
+    Parameters
+    ----------
+    mean_counts, variance : float64 (n_q, n_chi)
+    exposure, offset : float64 (n_q, n_chi)
+        Photons per data unit and the subtracted known background (data units) of each bin;
+        read only when ``poisson``.
+    poisson : bool
+        Poisson maximum likelihood (True) or least squares with the fixed ``variance``.
+    q_points, chi_points : float64 (n_q, n_chi)
+        Where to evaluate the model in each bin (mean pixel position; a non-finite point
+        skips the bin); read only when ``at_points``, else the bin centres are used.
+    q_var, chi_var : float64 (n_q, n_chi)
+        Broadening of each bin (nm^-2, deg^2; see :func:`analysis.gauss2d_model.model_at`),
+        read only when ``at_points``.
+    var_q, var_chi : float
+        Broadening of every bin at the bin centres (when not ``at_points``).
+    at_points : bool
+    q_nm : float64 (n_q,), chi_deg : float64 (n_chi,)
+        Strictly increasing, evenly spaced bin centres, n_q and n_chi >= 2.
+    lower, upper : float64 (7,)
+        Bounds (+-inf allowed; ``lower == upper`` fixes a parameter).
+    max_iterations, min_valid_bins : int
+    ftol, xtol, min_significance, edge_margin_bins : float
+    params_out, errors_out, raw_out, initial_out : float64 (7,)
+        Outputs (NaN unless OK / unless a fit ran / unless a guess was made).
+    exp_q : float64 (n_q,), exp_chi : float64 (3, n_chi), sort_buffer : float64 (n_q * n_chi,)
+    mats : float64 (4, 7, 7), vecs : float64 (8, 7), means : float64 (2, 2, n_q * n_chi)
+        Scratch.
+
+    Returns
+    -------
+    status : int, chi2_reduced : float, n_iterations : int
+    """
+    for k in range(N_PARAMS):
+        params_out[k] = np.nan
+        errors_out[k] = np.nan
+        raw_out[k] = np.nan
+        initial_out[k] = np.nan
+    if not _inputs_valid(mean_counts, variance, q_nm, chi_deg, lower, upper):
+        return _INVALID_INPUT, np.nan, 0
+    if poisson and not _poisson_inputs_valid(exposure, offset):
+        return _INVALID_INPUT, np.nan, 0
+    n_valid = _count_valid(mean_counts, variance, exposure, offset, poisson, q_points,
+                           chi_points, at_points)
+    p = vecs[_P]
+    guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, p, sort_buffer)
+    _move_inside(p, lower, upper)
+    initial_out[:] = p
+    if n_valid < max(min_valid_bins, N_PARAMS + 1):
+        return _TOO_FEW_POINTS, np.nan, 0
+
+    n_q = q_nm.shape[0]
+    n_chi = chi_deg.shape[0]
+    q_mid = 0.5 * (q_nm[0] + q_nm[n_q - 1])
+    if poisson and not _make_feasible(p, mean_counts, variance, exposure, offset, q_points,
+                                      chi_points, at_points, q_nm, chi_deg, q_mid, lower, upper):
+        raw_out[:] = p
+        return _NOT_CONVERGED, np.nan, 0
+    converged, merit, chi2, n_iterations, current = _levenberg_marquardt(
+        poisson, p, mean_counts, variance, exposure, offset, q_points, chi_points, q_var,
+        chi_var, var_q, var_chi, at_points, q_nm, chi_deg, q_mid, lower, upper, max_iterations,
+        ftol, xtol, exp_q, exp_chi, mats, vecs, means)
+    if not math.isfinite(merit):
+        return _INVALID_INPUT, np.nan, 0
+    if poisson:
+        # errors from the Fisher information at the optimum
+        _, chi2 = _evaluate(True, p, mean_counts, variance, exposure, offset, q_points,
+                            chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm,
+                            chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A], vecs[_G],
+                            False, True, means[current], means[1 - current])
+
+    a_mat = mats[_A]
+    damped = mats[_M]
+    factor = mats[_L]
+    row = vecs[_ROW]
     raw_out[:] = p
     chi2_reduced = chi2 / (n_valid - N_PARAMS)
     if not (p[0] > lower[0] and p[0] > 0.0):
@@ -342,30 +528,35 @@ def fit_window_kernel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_it
 
 
 @numba.njit(cache=True, error_model="numpy")
-def fit_batch_serial(mean_counts, variance, q_nm, chi_deg, lower, upper, max_iterations, ftol,
-                     xtol, min_significance, edge_margin_bins, min_valid_bins, params, errors,
-                     status, chi2_reduced, n_iterations, raw_params, initial, exp_q, exp_chi,
-                     sort_buffer, mats, vecs):
+def fit_batch_serial(mean_counts, variance, exposure, offset, poisson, q_points, chi_points, q_var,
+                     chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
+                     max_iterations, ftol, xtol, min_significance, edge_margin_bins, min_valid_bins,
+                     params, errors, status, chi2_reduced, n_iterations, raw_params, initial, exp_q,
+                     exp_chi, sort_buffer, mats, vecs, means):
     """Fit every window of a batch in turn; arrays carry a leading ``n_win`` axis.
 
     Scratch (``exp_q`` (n_q,), ``exp_chi`` (3, n_chi), ``sort_buffer`` (n_q * n_chi,), ``mats``
-    (4, 7, 7), ``vecs`` (8, 7)) is shared by all windows; nothing is allocated per window.
+    (4, 7, 7), ``vecs`` (8, 7), ``means`` (2, 2, n_q * n_chi)) is shared by all windows;
+    nothing is allocated per window.
     """
     for w in range(mean_counts.shape[0]):
         code, chi2_red, n_iter = fit_window_kernel(
-            mean_counts[w], variance[w], q_nm[w], chi_deg[w], lower[w], upper[w], max_iterations,
-            ftol, xtol, min_significance, edge_margin_bins, min_valid_bins, params[w], errors[w],
-            raw_params[w], initial[w], exp_q, exp_chi, sort_buffer, mats, vecs)
+            mean_counts[w], variance[w], exposure[w], offset[w], poisson, q_points[w],
+            chi_points[w], q_var[w], chi_var[w], var_q[w], var_chi[w], at_points, q_nm[w],
+            chi_deg[w], lower[w], upper[w], max_iterations, ftol, xtol, min_significance,
+            edge_margin_bins, min_valid_bins, params[w], errors[w], raw_params[w], initial[w],
+            exp_q, exp_chi, sort_buffer, mats, vecs, means)
         status[w] = code
         chi2_reduced[w] = chi2_red
         n_iterations[w] = n_iter
 
 
 @numba.njit(parallel=True, error_model="numpy")
-def fit_batch_parallel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_iterations, ftol,
-                       xtol, min_significance, edge_margin_bins, min_valid_bins, params, errors,
-                       status, chi2_reduced, n_iterations, raw_params, initial, exp_q, exp_chi,
-                       sort_buffer, mats, vecs):
+def fit_batch_parallel(mean_counts, variance, exposure, offset, poisson, q_points, chi_points,
+                       q_var, chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
+                       max_iterations, ftol, xtol, min_significance, edge_margin_bins,
+                       min_valid_bins, params, errors, status, chi2_reduced, n_iterations,
+                       raw_params, initial, exp_q, exp_chi, sort_buffer, mats, vecs, means):
     """Parallel variant of :func:`fit_batch_serial`: scratch has a leading ``n_chunks`` axis.
 
     Chunk ``c`` fits windows ``c, c + n_chunks, ...`` with its own scratch (round robin, so
@@ -376,10 +567,11 @@ def fit_batch_parallel(mean_counts, variance, q_nm, chi_deg, lower, upper, max_i
     for c in numba.prange(n_chunks):
         for w in range(c, n_win, n_chunks):
             code, chi2_red, n_iter = fit_window_kernel(
-                mean_counts[w], variance[w], q_nm[w], chi_deg[w], lower[w], upper[w],
-                max_iterations, ftol, xtol, min_significance, edge_margin_bins, min_valid_bins,
-                params[w], errors[w], raw_params[w], initial[w], exp_q[c], exp_chi[c],
-                sort_buffer[c], mats[c], vecs[c])
+                mean_counts[w], variance[w], exposure[w], offset[w], poisson, q_points[w],
+                chi_points[w], q_var[w], chi_var[w], var_q[w], var_chi[w], at_points, q_nm[w],
+                chi_deg[w], lower[w], upper[w], max_iterations, ftol, xtol, min_significance,
+                edge_margin_bins, min_valid_bins, params[w], errors[w], raw_params[w],
+                initial[w], exp_q[c], exp_chi[c], sort_buffer[c], mats[c], vecs[c], means[c])
             status[w] = code
             chi2_reduced[w] = chi2_red
             n_iterations[w] = n_iter

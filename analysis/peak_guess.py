@@ -11,8 +11,10 @@ identically in the Numba kernel and in the NumPy reference:
    level of all valid bins. A level is the mean of the bins at most 3 sigma (of each bin)
    above the median: the clip keeps a peak reaching into the ring from pulling it, the mean
    stays unbiased for low, discrete counts where a median would not.
-3. The excess over the background is smoothed 3 x 3 (mean of the valid neighbours) only to
-   find its maximum, robust against single noisy bins.
+3. The excess over the background is summed 3 x 3 over the valid neighbours, in units of its
+   noise (sum / sqrt(sum of variances)), only to find its maximum: robust against single
+   noisy bins, and against the bins of few pixels at a detector edge, whose values scatter
+   most.
 4. Centre and rms widths from the first and second moments of the *positive* excess in a box
    around that maximum (half-sizes ``max(2, n // 4)`` bins); then once more in a box of
    +-3 sigma around that first centre. Widths are clipped to [1 bin, 0.2 x window span],
@@ -236,14 +238,14 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
             if math.isnan(sort_buffer[i * n_chi + j]):
                 continue
             total = 0.0
-            n = 0
+            total_variance = 0.0
             for ii in range(max(0, i - 1), min(n_q, i + 2)):
                 for jj in range(max(0, j - 1), min(n_chi, j + 2)):
                     excess = sort_buffer[ii * n_chi + jj]
                     if not math.isnan(excess):
                         total += excess
-                        n += 1
-            smoothed = total / n
+                        total_variance += variance[ii, jj]
+            smoothed = total / math.sqrt(total_variance)
             if smoothed > best:
                 best = smoothed
                 i_max = i
@@ -359,14 +361,15 @@ def guess_peak_reference(mean_counts, variance, q_centres_nm, chi_centres_deg) -
     excess = np.where(ok, y - (b0 + b1 * (q_grid - q_mid)), 0.0)
     padded = np.pad(excess, 1)
     padded_ok = np.pad(ok.astype(np.float64), 1)
+    padded_variance = np.pad(np.where(ok, v, 0.0), 1)
     total = np.zeros(y.shape)
-    count = np.zeros(y.shape)
+    total_variance = np.zeros(y.shape)
     for di in range(3):
         for dj in range(3):
             total += padded[di:di + n_q, dj:dj + n_chi]
-            count += padded_ok[di:di + n_q, dj:dj + n_chi]
+            total_variance += padded_variance[di:di + n_q, dj:dj + n_chi]
     with np.errstate(invalid="ignore", divide="ignore"):
-        smoothed = np.where(ok, total / count, -np.inf)
+        smoothed = np.where(ok, total / np.sqrt(total_variance), -np.inf)
     i_max, j_max = (np.unravel_index(np.argmax(smoothed), y.shape) if ok.any()
                     else (n_q // 2, n_chi // 2))
 

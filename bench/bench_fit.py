@@ -1,9 +1,18 @@
-"""Time the Numba batch 2D-Gaussian fit (serial kernel) against scipy.optimize.curve_fit.
+"""Time the Numba batch 2D-Gaussian fit (serial kernel) against its SciPy references.
 
 Eight simulated windows, 4 SAXS-like (q 0.45-0.95 nm^-1 x 80 deg, 40 x 90 bins) and 4
-WAXS-like (q 9.3-12.6 nm^-1 x 80 deg, 40 x 90 bins), Poisson counts. Both fitters start from
-the same guess with the same bounds. Prints the time per window of the batch fit, per-peak
-times of both fitters (one window per call) and their ratio.
+WAXS-like (q 9.3-12.6 nm^-1 x 80 deg, 40 x 90 bins), Poisson counts. Three ways to fit them:
+
+* Poisson maximum likelihood at the bin centres (what the analysis does in windows of many
+  pixels per bin, the WAXS ones), against ``scipy.optimize.minimize`` of the deviance;
+* Poisson at a point per bin with a per-bin broadening (what the analysis does in windows of
+  a few pixels per bin, the SAXS ones; points a tenth of a bin off the centres here);
+* least squares with the observed-count variances (the former fit, still available), against
+  ``scipy.optimize.curve_fit``.
+
+Both fitters of a pair start from the same guess with the same bounds. Prints the time per
+window of the batch fits, per-peak times of the Poisson pair (one window per call) and their
+ratio, and the mean per-window times of the least-squares pair.
 
 Run: ``.venv/bin/python bench/bench_fit.py [--repeats N]``
 """
@@ -17,7 +26,8 @@ import time
 import numpy as np
 
 from analysis.gauss2d_fit import fit_windows, warm_up
-from analysis.gauss2d_model import fit_window_curve_fit, gauss2d_model, sigma_from_fwhm
+from analysis.gauss2d_model import (fit_window_curve_fit, fit_window_poisson_reference, gauss2d_model,
+                                    sigma_from_fwhm)
 
 N_Q, N_CHI = 40, 90
 # (label, q range, q0, FWHM_q, chi0, FWHM_chi, counts at the peak maximum, pixels per bin)
@@ -34,9 +44,10 @@ PEAKS = [
 
 
 def simulate(seed: int = 7):
-    """Eight windows: mean counts, variances (n_win, n_q, n_chi), q (n_win, n_q), chi."""
+    """Eight windows: mean counts, variances, exposures (n_win, n_q, n_chi), q (n_win, n_q),
+    chi, and per-bin points and broadening for the third mode."""
     rng = np.random.default_rng(seed)
-    counts, variances, qs, chis = [], [], [], []
+    counts, variances, exposures, qs, chis = [], [], [], [], []
     for _, (q_lo, q_hi), q0, fwhm_q, chi0, fwhm_chi, height, n_pix in PEAKS:
         q = q_lo + (np.arange(N_Q) + 0.5) * (q_hi - q_lo) / N_Q
         chi = 135.0 + (np.arange(N_CHI) + 0.5) * 80.0 / N_CHI
@@ -45,9 +56,16 @@ def simulate(seed: int = 7):
         raw = rng.poisson(gauss2d_model(params, q, chi)).astype(np.float64)
         counts.append(raw / n_pix)
         variances.append(np.maximum(raw, 1.0) / n_pix**2)
+        exposures.append(np.full(raw.shape, n_pix))
         qs.append(q)
         chis.append(chi)
-    return np.stack(counts), np.stack(variances), np.stack(qs), np.stack(chis)
+    q, chi = np.stack(qs), np.stack(chis)
+    dq, dchi = (q[:, 1] - q[:, 0])[:, None, None], (chi[:, 1] - chi[:, 0])[:, None, None]
+    shape = (len(PEAKS), N_Q, N_CHI)
+    points = (q[:, :, None] + 0.1 * dq * rng.uniform(-1, 1, shape),
+              chi[:, None, :] + 0.1 * dchi * rng.uniform(-1, 1, shape))
+    broadening = (np.broadcast_to(dq**2 / 12, shape), np.broadcast_to(dchi**2 / 12, shape))
+    return np.stack(counts), np.stack(variances), np.stack(exposures), q, chi, points, broadening
 
 
 def best_time(function, repeats: int) -> float:
@@ -65,32 +83,50 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     warm_up()
-    y, v, q, chi = simulate()
+    y, v, e, q, chi, points, broadening = simulate()
     n_win = y.shape[0]
-    batch = fit_windows(y, v, q, chi)
-    t_batch = best_time(lambda: fit_windows(y, v, q, chi), args.repeats)
+    modes = {
+        "Poisson, bin centres": dict(exposure=e),
+        "Poisson, points + broadening": dict(exposure=e, points=points, broadening=broadening),
+        "least squares, observed variances": {},
+    }
     print(f"os.cpu_count() = {os.cpu_count()}; {n_win} windows of {N_Q} x {N_CHI} bins; "
           f"best of {args.repeats} runs")
-    print(f"batch fit (Numba, serial): {t_batch * 1e3:.3f} ms for {n_win} windows = "
-          f"{t_batch / n_win * 1e6:.0f} us per window")
-    print(f"{'peak':22s} {'status':>6s} {'iter':>4s} {'numba us':>9s} {'curve_fit us':>12s} "
-          f"{'ratio':>6s} {'max |dp|/err':>12s}")
+    batches = {}
+    for label, kwargs in modes.items():
+        batches[label] = fit_windows(y, v, q, chi, **kwargs)
+        t_batch = best_time(lambda: fit_windows(y, v, q, chi, **kwargs), args.repeats)
+        print(f"batch fit (Numba, serial), {label}: {t_batch * 1e3:.3f} ms for {n_win} windows = "
+              f"{t_batch / n_win * 1e6:.0f} us per window, iterations "
+              f"{batches[label].n_iterations.tolist()}")
+    batch = batches["Poisson, bin centres"]
+    print(f"{'peak (Poisson, centres)':24s} {'status':>6s} {'iter':>4s} {'numba us':>9s} "
+          f"{'scipy us':>10s} {'ratio':>6s} {'max |dp|/err':>12s}")
     total_numba = total_scipy = 0.0
+    zeros = np.zeros(y.shape[1:])
     for w, peak in enumerate(PEAKS):
-        t_numba = best_time(lambda: fit_windows(y[w], v[w], q[w], chi[w]), args.repeats)
-        call = (y[w], v[w], q[w], chi[w], batch.initial[w], batch.lower[w], batch.upper[w])
-        popt, _, _ = fit_window_curve_fit(*call, tolerance=1e-8)
-        t_scipy = best_time(lambda: fit_window_curve_fit(*call, tolerance=1e-8),
+        t_numba = best_time(lambda: fit_windows(y[w], v[w], q[w], chi[w], exposure=e[w]), args.repeats)
+        call = (y[w], v[w], e[w], zeros, q[w], chi[w], batch.initial[w], batch.lower[w], batch.upper[w])
+        popt, _, _ = fit_window_poisson_reference(*call, tolerance=1e-10)
+        t_scipy = best_time(lambda: fit_window_poisson_reference(*call, tolerance=1e-10),
                             max(3, args.repeats // 4))
         total_numba += t_numba
         total_scipy += t_scipy
         deviation = np.nanmax(np.abs(batch.params[w] - popt) / batch.errors[w])
-        print(f"{peak[0]:22s} {int(batch.status[w]):6d} {int(batch.n_iterations[w]):4d} "
-              f"{t_numba * 1e6:9.0f} {t_scipy * 1e6:12.0f} {t_scipy / t_numba:6.1f} "
+        print(f"{peak[0]:24s} {int(batch.status[w]):6d} {int(batch.n_iterations[w]):4d} "
+              f"{t_numba * 1e6:9.0f} {t_scipy * 1e6:10.0f} {t_scipy / t_numba:6.1f} "
               f"{deviation:12.1e}")
-    print(f"{'mean per window':22s} {'':6s} {'':4s} {total_numba / n_win * 1e6:9.0f} "
-          f"{total_scipy / n_win * 1e6:12.0f} {total_scipy / total_numba:6.1f}")
-    print(f"curve_fit / batch-per-window ratio: {total_scipy / n_win / (t_batch / n_win):.1f}")
+    print(f"{'mean per window':24s} {'':6s} {'':4s} {total_numba / n_win * 1e6:9.0f} "
+          f"{total_scipy / n_win * 1e6:10.0f} {total_scipy / total_numba:6.1f}")
+    fixed = batches["least squares, observed variances"]
+    total_numba = total_scipy = 0.0
+    for w in range(n_win):
+        total_numba += best_time(lambda: fit_windows(y[w], v[w], q[w], chi[w]), args.repeats)
+        call = (y[w], v[w], q[w], chi[w], fixed.initial[w], fixed.lower[w], fixed.upper[w])
+        total_scipy += best_time(lambda: fit_window_curve_fit(*call, tolerance=1e-8),
+                                 max(3, args.repeats // 4))
+    print(f"least squares, observed variances: Numba {total_numba / n_win * 1e6:.0f} us, curve_fit "
+          f"{total_scipy / n_win * 1e6:.0f} us per window, ratio {total_scipy / total_numba:.1f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,13 @@
 Simulated windows follow the two layouts of the product requirement (SAXS: q 0.45-0.95 nm^-1
 x 80 deg in 40 x 90 bins, q0 0.7, FWHM 0.1 nm^-1 / 6 deg; WAXS: q 9.3-12.6 nm^-1 x 80 deg,
 q0 10.95, FWHM 0.8 nm^-1 / 17 deg). Counts per bin are Poisson; the window holds the mean
-counts per pixel (``pixels_per_bin`` pixels) and their variance ``max(counts, 1) / n_pix^2``.
+counts per pixel (``pixels_per_bin`` pixels, the exposure of a Poisson fit) and their
+variance from the observed counts ``max(counts, 1) / n_pix^2`` (what a window builder has;
+the fixed-variance fit uses it as weights, the Poisson fit only for its start point).
+
+References: the fixed-variance fit against ``scipy.optimize.curve_fit``; the Poisson fit
+against ``scipy.optimize.minimize`` of the Poisson deviance (an independent algorithm on the
+same likelihood), at the bin centres and at per-bin points with broadening.
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from analysis.errors import ConfigurationError
 from analysis.gauss2d_fit import FitSettings, default_bounds, fit_windows, fit_windows_into, warm_up
 from analysis.gauss2d_lm import cholesky_factor, cholesky_solve
 from analysis.gauss2d_model import (FWHM_PER_SIGMA, N_PARAMS, chi2_normal_equations,
-                                    fit_window_curve_fit, fwhm_from_sigma, gauss2d_jacobian,
-                                    gauss2d_model, normal_equations_kernel, q_mid_of,
-                                    sigma_from_fwhm)
+                                    fit_window_curve_fit, fit_window_poisson_reference,
+                                    fwhm_from_sigma, gauss2d_jacobian, gauss2d_model,
+                                    model_at, normal_equations_kernel,
+                                    points_normal_equations_kernel,
+                                    poisson_deviance_terms, poisson_normal_equations_kernel,
+                                    q_mid_of, sigma_from_fwhm)
 from analysis.peak_guess import guess_peak, guess_peak_reference
 from analysis.status import Status
 
@@ -48,13 +57,33 @@ def true_params(layout, peak_max_counts, background_counts=2.0, q0=None, chi0=No
                      s_q, s_chi, background_counts / n_pix, 0.0])
 
 
-def simulate(rng, layout, params, n_windows=1):
-    """Poisson windows: (mean_counts, variance) of shape (n_windows, N_Q, N_CHI), and axes."""
+def simulate(rng, layout, params, n_windows=1, known_background=0.0):
+    """Poisson windows: (mean_counts, variance) of shape (n_windows, N_Q, N_CHI), and axes.
+
+    ``known_background`` (mean counts per pixel) is added to the expectation and subtracted
+    from the counts again (like the Kapton frame): it is the ``offset`` of a Poisson fit.
+    """
     q, chi = axes(layout)
     n_pix = layout["pixels_per_bin"]
-    expected = np.clip(gauss2d_model(params, q, chi), 0, None) * n_pix
+    expected = (np.clip(gauss2d_model(params, q, chi), 0, None) + known_background) * n_pix
     counts = rng.poisson(expected, size=(n_windows,) + expected.shape).astype(np.float64)
-    return counts / n_pix, np.maximum(counts, 1.0) / n_pix**2, q, chi
+    return counts / n_pix - known_background, np.maximum(counts, 1.0) / n_pix**2, q, chi
+
+
+def exposure_of(layout, y):
+    """Photons per data unit of every bin: the pixels per bin."""
+    return np.full(np.shape(y), float(layout["pixels_per_bin"]))
+
+
+def jittered_points(rng, q, chi, fraction=0.1):
+    """Per-bin points up to ``fraction`` of a bin off the centres, and a broadening of about
+    the bins' own (bin^2 / 12), as :func:`analysis.peak_window_fits.bin_pixel_moments` gives."""
+    dq, dchi = q[1] - q[0], chi[1] - chi[0]
+    shape = (q.size, chi.size)
+    points = (q[:, None] + fraction * dq * rng.uniform(-1, 1, shape),
+              chi[None, :] + fraction * dchi * rng.uniform(-1, 1, shape))
+    broadening = (dq**2 / 12 * rng.uniform(0.5, 1.5, shape), dchi**2 / 12 * rng.uniform(0.5, 1.5, shape))
+    return points, broadening
 
 
 # --- model, Jacobian, normal equations, linear algebra ------------------------------------
@@ -102,16 +131,96 @@ def test_normal_equations_kernel_matches_numpy():
     y[3:7, 10:30] = np.nan
     v[20, 40:45] = 0.0
     v[21, 40:45] = np.inf
-    matrix, gradient = np.empty((7, 7)), np.empty(7)
-    chi2 = normal_equations_kernel(p, y, v, q, chi, q_mid_of(q), np.empty(N_Q),
-                                   np.empty((3, N_CHI)),
-                                   np.empty(7), matrix, gradient)
-    chi2_ref, matrix_ref, gradient_ref = chi2_normal_equations(p, y, v, q, chi)
-    assert chi2 == pytest.approx(chi2_ref, rel=1e-12)
-    np.testing.assert_allclose(matrix, matrix_ref, rtol=1e-10,
-                               atol=1e-12 * np.abs(matrix_ref).max())
-    np.testing.assert_allclose(gradient, gradient_ref, rtol=1e-9,
-                               atol=1e-10 * np.abs(gradient_ref).max())
+    for var_q, var_chi in ((0.0, 0.0), (2e-4, 0.3)):
+        matrix, gradient = np.empty((7, 7)), np.empty(7)
+        chi2 = normal_equations_kernel(p, y, v, q, chi, q_mid_of(q), np.empty(N_Q),
+                                       np.empty((3, N_CHI)), np.empty(7), matrix, gradient,
+                                       var_q, var_chi)
+        chi2_ref, matrix_ref, gradient_ref = chi2_normal_equations(p, y, v, q, chi,
+                                                                   broadening=(var_q, var_chi))
+        assert chi2 == pytest.approx(chi2_ref, rel=1e-12)
+        np.testing.assert_allclose(matrix, matrix_ref, rtol=1e-10,
+                                   atol=1e-12 * np.abs(matrix_ref).max())
+        np.testing.assert_allclose(gradient, gradient_ref, rtol=1e-9,
+                                   atol=1e-10 * np.abs(gradient_ref).max())
+
+
+def test_broadened_model_is_the_average_over_the_broadening_and_its_jacobian_is_exact():
+    """With broadening the model is the peak convolved with a Gaussian of that variance (the
+    intrinsic widths are the parameters), and the Jacobian matches finite differences."""
+    q, chi = axes(SAXS)
+    p = np.array([3.0, 0.69, 172.0, 0.02, 2.0, 0.4, 0.7])
+    var_q, var_chi = 6e-5, 0.4
+    fine_q = np.linspace(-5, 5, 201) * np.sqrt(var_q)
+    weights = np.exp(-0.5 * fine_q**2 / var_q)
+    smeared = sum(w * model_at(p, q[:, None] + dq, chi[None, :], q_mid_of(q), 0.0, var_chi)
+                  for w, dq in zip(weights / weights.sum(), fine_q))
+    np.testing.assert_allclose(model_at(p, q[:, None], chi[None, :], q_mid_of(q), var_q, var_chi),
+                               smeared, rtol=1e-5, atol=1e-8 * smeared.max())
+    from analysis.gauss2d_model import jacobian_at
+    jac = jacobian_at(p, q[:, None], chi[None, :], q_mid_of(q), var_q, var_chi)
+    for k in range(N_PARAMS):
+        h = 1e-6 * max(abs(p[k]), 1e-2)
+        up, down = p.copy(), p.copy()
+        up[k] += h
+        down[k] -= h
+        numeric = (model_at(up, q[:, None], chi[None, :], q_mid_of(q), var_q, var_chi)
+                   - model_at(down, q[:, None], chi[None, :], q_mid_of(q), var_q, var_chi)) / (2 * h)
+        np.testing.assert_allclose(jac[..., k], numeric, rtol=1e-5, atol=1e-7 * np.abs(numeric).max())
+
+
+def _poisson_window(seed=3, layout=SAXS):
+    rng = np.random.default_rng(seed)
+    params = true_params(layout, 200.0)
+    y, v, q, chi = simulate(rng, layout, params, known_background=0.5)
+    y, v = y[0], v[0]
+    e, o = exposure_of(layout, y), np.full(y.shape, 0.5)
+    y[3:7, 10:30] = np.nan
+    v[20, 40:45] = 0.0
+    e[21, 40:45] = 0.0
+    return params * [1.1, 1.0, 1.0, 0.9, 1.2, 1.0, 1.0], y, v, e, o, q, chi, rng
+
+
+def test_poisson_kernels_match_numpy():
+    """Deviance, Pearson chi2, score and Fisher (or background-observed) matrix of the Numba
+    Poisson kernels, separable and at points, against the NumPy reference; the deviance change
+    from a reference state (the series path) equals the difference of deviances."""
+    p, y, v, e, o, q, chi, rng = _poisson_window()
+    points, broadening = jittered_points(rng, q, chi)
+    n_bins = y.size
+    for observed in (False, True):
+        for at_points in (False, True):
+            matrix, gradient = np.empty((7, 7)), np.empty(7)
+            means = np.zeros((2, 2, n_bins))
+            if at_points:
+                call = lambda params, use_ref: points_normal_equations_kernel(  # noqa: E731
+                    True, params, y, v, e, o, points[0], points[1], q_mid_of(q), matrix,
+                    gradient, observed, use_ref, means[0], means[1], *broadening)
+                reference = dict(points=points, broadening=broadening)
+            else:
+                call = lambda params, use_ref: poisson_normal_equations_kernel(  # noqa: E731
+                    params, y, v, e, o, q, chi, q_mid_of(q), np.empty(N_Q), np.empty((3, N_CHI)),
+                    np.empty(7), matrix, gradient, observed, use_ref, means[0], means[1],
+                    2e-4, 0.3)
+                reference = dict(broadening=(2e-4, 0.3))
+            deviance, pearson = call(p, False)
+            dev_ref, pearson_ref, matrix_ref, gradient_ref = poisson_deviance_terms(
+                p, y, v, e, o, q, chi, observed_information=observed, **reference)
+            assert deviance == pytest.approx(dev_ref, rel=1e-11)
+            assert pearson == pytest.approx(pearson_ref, rel=1e-11)
+            np.testing.assert_allclose(matrix, matrix_ref, rtol=1e-9, atol=1e-11 * np.abs(matrix_ref).max())
+            np.testing.assert_allclose(gradient, gradient_ref, rtol=1e-8,
+                                       atol=1e-10 * np.abs(gradient_ref).max())
+            means[0] = means[1]  # the state of p becomes the reference
+            for scale in (1.0 + 1e-4, 1.005, 1.02, 1.3):  # series (ratio within 1 %), logarithm
+                moved = p * [scale, 1.0, 1.0, 1.0, 1.0, scale, 1.0]
+                change, _ = call(moved, True)
+                assert change == pytest.approx(
+                    poisson_deviance_terms(moved, y, v, e, o, q, chi, **reference)[0] - dev_ref,
+                    rel=1e-7, abs=1e-9 * dev_ref)
+            negative = p.copy()
+            negative[5] = -10.0                      # a Poisson mean below zero
+            assert call(negative, False) == (np.inf, np.inf)
 
 
 def test_cholesky_matches_numpy_and_detects_singular_matrices():
@@ -223,7 +332,52 @@ def test_fixed_parameter_stays_put_and_matches_curve_fit():
     np.testing.assert_allclose(result.params[0, :6], popt[:6], rtol=1e-4)
 
 
+POISSON_CASES = {**REFERENCE_CASES,
+                 "waxs_known_background_500": (WAXS, dict(peak_max_counts=500.0, background_counts=2.0)),
+                 "saxs_one_photon_per_bin_200": (SAXS, dict(peak_max_counts=200.0, background_counts=1.0))}
+
+
+@pytest.mark.parametrize("at_points", [False, True], ids=["centres", "points"])
+@pytest.mark.parametrize("name", sorted(POISSON_CASES))
+def test_poisson_fit_matches_the_scipy_likelihood_maximum(name, at_points):
+    """The Numba Poisson fit lands on the maximum of the likelihood that
+    ``scipy.optimize.minimize`` finds by L-BFGS-B on the deviance (same errors: the inverse
+    Fisher information), at the bin centres with a window broadening and at per-bin points
+    with per-bin broadening."""
+    layout, kwargs = POISSON_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    known = 10.0 / layout["pixels_per_bin"] if "known_background" in name else 0.0
+    y, v, q, chi = simulate(rng, layout, true_params(layout, **kwargs), known_background=known)
+    if "masked" in name:
+        y[0, 14:18, :] = np.nan
+        y[0][rng.random((N_Q, N_CHI)) < 0.05] = np.nan
+    e, o = exposure_of(layout, y), np.full(y.shape, known)
+    points, broadening = jittered_points(rng, q, chi)
+    if not at_points:
+        points, broadening = None, (np.full(y.shape[1:], broadening[0].mean()),
+                                    np.full(y.shape[1:], broadening[1].mean()))
+    result = fit_windows(y, v, q, chi, exposure=e, offset=o,
+                         points=None if points is None else tuple(a[None] for a in points),
+                         broadening=tuple(a[None] for a in broadening))
+    assert result.status[0] == Status.OK
+    popt, perr, chi2_red = fit_window_poisson_reference(
+        y[0], v[0], e[0], o[0], q, chi, result.initial[0], result.lower[0], result.upper[0],
+        points=points, broadening=broadening)
+    np.testing.assert_array_less(np.abs(result.params[0] - popt), 1e-3 * perr + 1e-9 * np.abs(popt))
+    np.testing.assert_allclose(result.errors[0], perr, rtol=1e-4)
+    assert result.chi2_reduced[0] == pytest.approx(chi2_red, rel=1e-6)
+    # not the fixed-variance (Neyman) answer, which is another estimator
+    neyman = fit_windows(y, v, q, chi, points=None if points is None else tuple(a[None] for a in points),
+                         broadening=tuple(a[None] for a in broadening))
+    assert np.max(np.abs(neyman.params[0] - popt) / perr) > 0.01
+
+
 # --- accuracy against the truth ---------------------------------------------------------
+
+def fit_poisson(y, v, q, chi, layout, known_background=0.0, **kwargs):
+    return fit_windows(y, v, q, chi, exposure=exposure_of(layout, y),
+                       offset=np.full(y.shape, known_background), **kwargs)
+
 
 @pytest.mark.parametrize("layout", [SAXS, WAXS], ids=["saxs", "waxs"])
 def test_centre_accuracy_requirement_at_a_few_hundred_counts(layout):
@@ -237,7 +391,7 @@ def test_centre_accuracy_requirement_at_a_few_hundred_counts(layout):
     rng = np.random.default_rng(2024)
     params = true_params(layout, 200.0, background_counts=5.0)
     y, v, q, chi = simulate(rng, layout, params, n_windows=200)
-    result = fit_windows(y, v, q, chi)
+    result = fit_poisson(y, v, q, chi, layout)
     ok = result.status == Status.OK
     within = (ok & (np.abs(result.params[:, 1] / params[1] - 1) <= 0.002)
               & (np.abs(result.params[:, 2] - params[2]) <= 0.3))
@@ -245,39 +399,71 @@ def test_centre_accuracy_requirement_at_a_few_hundred_counts(layout):
     off_centre = true_params(layout, 200.0, background_counts=5.0,
                              q0=q[0] + 0.25 * (q[-1] - q[0]), chi0=160.0)
     y, v, q, chi = simulate(rng, layout, off_centre, n_windows=100)
-    result = fit_windows(y, v, q, chi)
+    result = fit_poisson(y, v, q, chi, layout)
     within = ((result.status == Status.OK)
               & (np.abs(result.params[:, 1] / off_centre[1] - 1) <= 0.002)
               & (np.abs(result.params[:, 2] - off_centre[2]) <= 0.3))
     assert within.mean() >= 0.95
 
 
-@pytest.mark.parametrize("layout", [SAXS, WAXS], ids=["saxs", "waxs"])
-def test_reported_errors_describe_the_scatter_at_low_counts(layout):
-    """3000 counts in the peak, 2 counts per bin of background.
+LOW_COUNT_CASES = {
+    # (layout, photons in the peak, background counts per bin, known background per pixel)
+    "saxs_300_photons": (SAXS, 300.0, 0.5, 0.0),
+    "saxs_500_photons_1_count_per_bin": (SAXS, 500.0, 1.0, 0.0),
+    "saxs_3000_photons_kapton": (SAXS, 3000.0, 1.0, 1.0),
+    "waxs_300_photons": (WAXS, 300.0, 0.5, 0.0),
+    "waxs_3000_photons_kapton": (WAXS, 3000.0, 2.0, 0.4),
+}
 
-    With variances from the expected counts the centre pulls have rms ~1 and I0 is unbiased.
-    With variances from the observed counts (Neyman's chi2, what a window builder gets from
-    the raw counts) the errors come out up to ~1.5x too small and I0 biased low at such
-    counts: the looser band documents that.
-    """
-    rng = np.random.default_rng(99)
+
+@pytest.mark.parametrize("name", sorted(LOW_COUNT_CASES))
+def test_poisson_fit_is_unbiased_with_honest_errors_at_low_counts(name):
+    """At a few hundred to a few thousand photons in the peak, on ~1 count per bin (some with a
+    known background subtracted, the Kapton case): I0 within 2 % of the truth on average and
+    pull widths (error / reported sigma) of all five peak parameters and the background level
+    between 0.85 and 1.15 over 300 windows (the scatter of a pull width is ~4 % there).
+
+    Weighted by the observed counts instead (Neyman's chi2, the fixed-variance fit with
+    ``max(counts, 1)`` variances) the same windows give I0 25-35 % low at ~1 count per bin
+    and q0 pull widths up to 1.3: printed for comparison, not asserted."""
+    layout, photons, background, known = LOW_COUNT_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
     q, chi = axes(layout)
     n_pix = layout["pixels_per_bin"]
-    params = true_params(layout, 1.0)
-    params[0] = 3000.0 * (q[1] - q[0]) * (chi[1] - chi[0]) / n_pix   # 3000 counts in the peak
-    y, v_observed, q, chi = simulate(rng, layout, params, n_windows=200)
-    v_expected = np.broadcast_to(gauss2d_model(params, q, chi) / n_pix**2, y.shape)
-    for variance, pull_band, i0_band in ((v_expected, (0.85, 1.2), 0.03),
-                                         (v_observed, (0.8, 1.6), 0.2)):
-        result = fit_windows(y, variance, q, chi)
-        ok = result.status == Status.OK
-        assert ok.mean() >= 0.95
-        for k in (1, 2):
-            pulls = (result.params[ok, k] - params[k]) / result.errors[ok, k]
-            assert abs(pulls.mean()) < 0.25
-            assert pull_band[0] < pulls.std() < pull_band[1], (k, pulls.std())
-        assert result.params[ok, 0].mean() == pytest.approx(params[0], rel=i0_band)
+    params = true_params(layout, 1.0, background_counts=background)
+    params[0] = photons * (q[1] - q[0]) * (chi[1] - chi[0]) / n_pix
+    y, v, q, chi = simulate(rng, layout, params, n_windows=300, known_background=known)
+    result = fit_poisson(y, v, q, chi, layout, known)
+    ok = result.status == Status.OK
+    assert ok.mean() >= 0.97
+    bias = result.params[ok, 0].mean() / params[0] - 1
+    pulls = [np.std((result.params[ok, k] - params[k]) / result.errors[ok, k]) for k in range(6)]
+    neyman = fit_windows(y, v, q, chi)
+    good = neyman.status == Status.OK
+    print(f"{name}: Poisson I0 bias {bias:+.1%}, pull widths {np.round(pulls, 2)}; Neyman I0 bias "
+          f"{neyman.params[good, 0].mean() / params[0] - 1:+.1%}, q0 pull width "
+          f"{np.std((neyman.params[good, 1] - params[1]) / neyman.errors[good, 1]):.2f}")
+    assert abs(bias) < 0.02, bias
+    for k, width in enumerate(pulls):
+        assert 0.85 < width < 1.15, (k, width)
+    for k in (1, 2):
+        assert abs(np.mean((result.params[ok, k] - params[k]) / result.errors[ok, k])) < 0.2
+
+
+def test_fixed_variance_fit_with_the_expected_variances_is_honest_too():
+    """The fixed-variance fit is right when its variances are right (the expected ones)."""
+    rng = np.random.default_rng(99)
+    q, chi = axes(WAXS)
+    params = true_params(WAXS, 1.0)
+    params[0] = 3000.0 * (q[1] - q[0]) * (chi[1] - chi[0]) / WAXS["pixels_per_bin"]
+    y, _, q, chi = simulate(rng, WAXS, params, n_windows=200)
+    v_expected = np.broadcast_to(gauss2d_model(params, q, chi) / WAXS["pixels_per_bin"], y.shape)
+    result = fit_windows(y, v_expected, q, chi)
+    ok = result.status == Status.OK
+    assert ok.mean() >= 0.95
+    for k in (1, 2):
+        assert 0.85 < np.std((result.params[ok, k] - params[k]) / result.errors[ok, k]) < 1.15
+    assert result.params[ok, 0].mean() == pytest.approx(params[0], rel=0.02)
 
 
 # --- robustness ---------------------------------------------------------------------------
@@ -313,34 +499,52 @@ def test_bad_and_empty_windows_get_status_codes_and_nan():
         assert np.all(np.isfinite(result.initial[0])) or expected == Status.INVALID_INPUT, name
 
 
-def test_peak_less_windows_are_not_significant():
+@pytest.mark.parametrize("poisson", [False, True], ids=["fixed", "poisson"])
+def test_peak_less_windows_are_not_significant(poisson):
     rng = np.random.default_rng(8)
     for layout in (SAXS, WAXS):
         y, v, q, chi = simulate(rng, layout, true_params(layout, 0.0, background_counts=3.0),
                                 n_windows=100)
-        result = fit_windows(y, v, q, chi)
-        assert np.mean(result.status == Status.NOT_SIGNIFICANT) >= 0.9
-        assert np.mean(result.status == Status.OK) <= 0.075      # false positives at 3 sigma
+        result = fit_poisson(y, v, q, chi, layout) if poisson else fit_windows(y, v, q, chi)
+        # false positives at 3 sigma: observed-count variances (fixed) understate the errors
+        # at 3 counts per bin, so a little more noise passes there
+        assert np.mean(result.status == Status.NOT_SIGNIFICANT) >= (0.9 if poisson else 0.85)
+        assert np.mean(result.status == Status.OK) <= (0.075 if poisson else 0.1)
         assert np.all(np.isfinite(result.raw_params[result.status == Status.NOT_SIGNIFICANT]))
 
 
+@pytest.mark.parametrize("poisson", [False, True], ids=["fixed", "poisson"])
 @pytest.mark.parametrize("centre", [(0.45, 175.0), (0.95, 175.0), (0.7, 135.0), (0.7, 216.0)])
-def test_peak_at_the_window_edge(centre):
+def test_peak_at_the_window_edge(centre, poisson):
     rng = np.random.default_rng(13)
     y, v, q, chi = simulate(rng, SAXS, true_params(SAXS, 1000.0, q0=centre[0], chi0=centre[1]))
-    result = fit_windows(y, v, q, chi)
+    result = fit_poisson(y, v, q, chi, SAXS) if poisson else fit_windows(y, v, q, chi)
     assert result.status[0] == Status.CENTRE_AT_EDGE
     assert np.all(np.isnan(result.params[0]))
     assert np.all(np.isfinite(result.raw_params[0]))
 
 
-def test_iteration_cap_gives_not_converged():
+@pytest.mark.parametrize("poisson", [False, True], ids=["fixed", "poisson"])
+def test_iteration_cap_gives_not_converged(poisson):
     rng = np.random.default_rng(17)
     y, v, q, chi = simulate(rng, WAXS, true_params(WAXS, 500.0))
-    result = fit_windows(y, v, q, chi, settings=FitSettings(max_iterations=1))
+    kwargs = dict(exposure=exposure_of(WAXS, y)) if poisson else {}
+    result = fit_windows(y, v, q, chi, settings=FitSettings(max_iterations=1), **kwargs)
     assert result.status[0] == Status.NOT_CONVERGED and result.n_iterations[0] == 1
-    result = fit_windows(y, v, q, chi)
+    result = fit_windows(y, v, q, chi, **kwargs)
     assert result.status[0] == Status.OK and 1 < result.n_iterations[0] < 30
+
+
+def test_poisson_start_below_zero_is_lifted_and_a_step_to_a_negative_mean_rejected():
+    """A window whose guess has a negative background in places (few photons, a background
+    over-subtracted by the offset) still fits; the fitted model mean stays positive."""
+    rng = np.random.default_rng(23)
+    params = true_params(SAXS, 150.0, background_counts=0.05)
+    y, v, q, chi = simulate(rng, SAXS, params, n_windows=20, known_background=0.3)
+    result = fit_poisson(y, v, q, chi, SAXS, 0.3)
+    assert np.mean(result.status == Status.OK) >= 0.9
+    for w in np.flatnonzero(np.isfinite(result.raw_params[:, 0])):
+        assert np.all(gauss2d_model(result.raw_params[w], q, chi) + 0.3 > 0)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -351,14 +555,23 @@ def test_kernel_never_raises_on_garbage(n_q, n_chi, seed, special, fraction):
     rng = np.random.default_rng(seed)
     y = rng.normal(5.0, 3.0, size=(3, n_q, n_chi))
     v = rng.uniform(0.0, 4.0, size=y.shape)
+    e = rng.uniform(0.0, 3.0, size=y.shape)
+    o = rng.normal(0.0, 3.0, size=y.shape)
     y[rng.random(y.shape) < fraction] = special
     v[rng.random(v.shape) < fraction / 2] = special
+    e[rng.random(e.shape) < fraction / 2] = special
+    o[rng.random(o.shape) < fraction / 4] = special
     q = np.linspace(1.0, 2.0, n_q)
     chi = np.linspace(-10.0, 10.0, n_chi)
-    result = fit_windows(y, v, q, chi, settings=FitSettings(min_valid_bins=0))
-    assert set(result.status.tolist()) <= {int(s) for s in Status}
-    ok = result.status == Status.OK
-    assert np.all(np.isfinite(result.params[ok])) and np.all(np.isnan(result.params[~ok]))
+    points = (q[:, None] + 0.01 * rng.normal(size=(n_q, n_chi)), chi[None, :] + np.zeros((n_q, n_chi)))
+    points[1][rng.random((n_q, n_chi)) < fraction / 4] = special
+    broadening = (np.full((n_q, n_chi), 1e-4), np.full((n_q, n_chi), 0.1))
+    for kwargs in ({}, dict(exposure=e, offset=o), dict(exposure=e, offset=o, points=points,
+                                                       broadening=broadening)):
+        result = fit_windows(y, v, q, chi, settings=FitSettings(min_valid_bins=0), **kwargs)
+        assert set(result.status.tolist()) <= {int(s) for s in Status}
+        ok = result.status == Status.OK
+        assert np.all(np.isfinite(result.params[ok])) and np.all(np.isnan(result.params[~ok]))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -386,16 +599,24 @@ def test_a_shifted_peak_gives_a_shifted_centre(shift_q, shift_chi, offset_chi):
 
 # --- batch plumbing and validation -------------------------------------------------------
 
-def test_parallel_kernel_equals_serial_and_batch_equals_single():
+@pytest.mark.parametrize("mode", ["fixed", "poisson", "poisson_points"])
+def test_parallel_kernel_equals_serial_and_batch_equals_single(mode):
     rng = np.random.default_rng(31)
     y, v, q, chi = simulate(rng, WAXS, true_params(WAXS, 300.0), n_windows=6)
     y[2] = np.nan
-    serial = fit_windows(y, v, q, chi)
-    parallel = fit_windows(y, v, q, chi, parallel=True)
+    points, broadening = jittered_points(rng, q, chi)
+    kwargs = {"fixed": {}, "poisson": dict(exposure=exposure_of(WAXS, y)),
+              "poisson_points": dict(exposure=exposure_of(WAXS, y),
+                                     points=tuple(np.broadcast_to(a, y.shape) for a in points),
+                                     broadening=tuple(np.broadcast_to(a, y.shape) for a in broadening))}[mode]
+    serial = fit_windows(y, v, q, chi, **kwargs)
+    parallel = fit_windows(y, v, q, chi, parallel=True, **kwargs)
     for field in ("params", "errors", "status", "chi2_reduced", "n_iterations", "raw_params"):
         np.testing.assert_array_equal(getattr(serial, field), getattr(parallel, field))
-    single = fit_windows(y[4], v[4], q, chi)
+    single_kwargs = {k: (a[4] if not isinstance(a, tuple) else tuple(b[4] for b in a)) for k, a in kwargs.items()}
+    single = fit_windows(y[4], v[4], q, chi, **single_kwargs)
     np.testing.assert_array_equal(single.params[0], serial.params[4])
+    assert np.sum(serial.status == Status.OK) == 5
 
 
 def test_fit_windows_into_writes_caller_owned_arrays_and_validates():
@@ -423,6 +644,14 @@ def test_fit_windows_into_writes_caller_owned_arrays_and_validates():
         fit_windows_into(y, v, q, chi, lower=lower, upper=upper, **out)
     with pytest.raises(ConfigurationError, match="min_significance"):
         FitSettings(min_significance=-1.0)
+    with pytest.raises(ValueError, match="exposure"):
+        fit_windows_into(y, v, q, chi, exposure=v[:, :-1], **out)
+    with pytest.raises(ValueError, match="offset needs exposure"):
+        fit_windows_into(y, v, q, chi, offset=v, **out)
+    with pytest.raises(ValueError, match="broadening"):
+        fit_windows_into(y, v, q, chi, broadening=(-v, v), **out)
+    with pytest.raises(ValueError, match="q_points"):
+        fit_windows_into(y, v, q, chi, points=(v[:, :-1], v), **out)
 
 
 def test_warm_up_runs():
