@@ -96,7 +96,7 @@ class AveragePatternResult:
 def fit_average_pattern(fitter: PeakWindowFitter, accumulator: AverageAccumulator, K: float) -> AveragePatternResult:
     """Fit every window of the average pattern and the Williamson-Hall line through the WAXS widths."""
     mean, variance = accumulator.mean_and_variance()
-    fits = fitter.fit(mean, variance)
+    fits = fitter.fit(mean, variance, n_valid=accumulator.n_valid, sum_counts=accumulator.raw_sum)
     return AveragePatternResult(fits, fit_williamson_hall_peaks(fits, K), K, accumulator.n_frames)
 
 

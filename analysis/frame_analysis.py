@@ -60,7 +60,8 @@ class FrameAnalyzer:
         self.table = build_polar_table(geometry, peak_model, pixel_mask)
         self.buffers = RegroupBuffers.for_table(self.table)
         self.background = None if background is None else regroup_background(background, self.table)
-        self.fitter = PeakWindowFitter(self.table, FitSettings(min_significance=peak_model.significance_threshold))
+        self.fitter = PeakWindowFitter(self.table, FitSettings(min_significance=peak_model.significance_threshold),
+                                       geometry=geometry)
         self.parameter_names = self.parameter_names_for(peak_model)
         self.L_nm = williamson_hall_L_nm if williamson_hall_L_nm is not None else peak_model.williamson_hall_L_nm
         self.K = peak_model.williamson_hall_K
@@ -114,14 +115,19 @@ class FrameAnalyzer:
                                 saturation_value=saturation, background=self.background, out=self.buffers)
         if accumulate:
             self.average.add(buffers)
-        fits = self.fitter.fit(buffers.mean_counts, buffers.variance, buffers.n_saturated,
-                               self.max_saturated_pixels)
+        fits = self.fit_regrouped(buffers)
         saxs_ok = np.isfinite(buffers.saxs_intensity)
         saxs = ({"saxs_intensity": np.float64(buffers.saxs_intensity)},
                 {"saxs_intensity": np.int32(Status.OK if saxs_ok else Status.TOO_FEW_POINTS)})
         vector, status = map_vectors(self.parameter_names, saxs, *self.derive(fits))
         values[:] = vector
         statuses[:] = status
+
+    def fit_regrouped(self, buffers: RegroupBuffers):
+        """Poisson maximum-likelihood fits of every window of a regrouped frame (PeakFits)."""
+        return self.fitter.fit(buffers.mean_counts, buffers.variance, buffers.n_saturated,
+                               self.max_saturated_pixels, n_valid=buffers.n_valid,
+                               sum_counts=buffers.sum_counts)
 
     def derive(self, fits) -> list[tuple[dict, dict]]:
         """Every derived quantity of the fitted peaks, as (values, statuses) dict pairs."""

@@ -73,11 +73,10 @@ def main() -> None:
             block_decoder.decode_blocks(payload, needed_blocks, block_buffer)),
         "regroup (Numba, all windows + SAXS region)": lambda: regroup_frame(
             frame, analyzer.table, invalid_value=2**32 - 1, background=analyzer.background, out=analyzer.buffers),
-        "fit all 8 peaks (Numba LM, batched)": lambda: analyzer.fitter.fit(analyzer.buffers.mean_counts,
-                                                                             analyzer.buffers.variance),
+        "fit all 8 peaks (Numba Poisson LM, batched)": lambda: analyzer.fit_regrouped(analyzer.buffers),
         "analyse (regroup + fits + physics)": lambda: analyzer.analyse(frame, values, statuses, accumulate=False),
     }
-    fits = analyzer.fitter.fit(analyzer.buffers.mean_counts, analyzer.buffers.variance)
+    fits = analyzer.fit_regrouped(analyzer.buffers)
     derive = lambda: analyzer.derive(fits)  # noqa: E731
     ours["derive physics (a1, a2, gamma, phi, psi, WH...)"] = derive
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from analysis.frame_analysis import INVALID_VALUES, FrameAnalyzer
-from analysis.gauss2d_model import N_PARAMS, gauss2d_model
+from analysis.gauss2d_model import N_PARAMS
 from analysis.peak_fits import PEAK_ERRORS, PEAK_QUANTITIES, PeakFits
 from analysis.peak_pixels import ellipse_q_chi, pixel_of_q_chi, rectangle_q_chi
 from analysis.status import reason
@@ -52,9 +52,9 @@ def excluded_pixels(frame: np.ndarray, pixel_mask: np.ndarray | None) -> np.ndar
 
 def window_planes(analyzer: FrameAnalyzer, params: np.ndarray) -> np.ndarray:
     """float32 (3, n_windows, n_q, n_chi): mean counts per pixel of the last regrouped frame,
-    the fitted model in the same unit (the fitter models the intensity density in (q, chi);
-    times the bins' mean pixel area it is counts per pixel again) where the fit gave finite
-    parameters, and the residual; NaN in padding bins."""
+    the fitted model in the same unit (the fitter models the intensity density in (q, chi) as
+    the bins' pixels sample it; times the bins' mean pixel area it is counts per pixel again)
+    where the fit gave finite parameters, and the residual; NaN in padding bins."""
     table = analyzer.table
     planes = np.full((len(WINDOW_PLANES), *table.bins_shape), np.nan, dtype=np.float32)
     planes[0] = analyzer.buffers.mean_counts
@@ -64,9 +64,8 @@ def window_planes(analyzer: FrameAnalyzer, params: np.ndarray) -> np.ndarray:
         planes[0, window, :, chi_bins.stop:] = np.nan
         if not np.all(np.isfinite(params[window])):
             continue
-        q_centres, chi_centres = table.window_centres(window)
         area = table.pixel_area_per_bin[window, q_bins, chi_bins]
-        model = gauss2d_model(params[window], q_centres, chi_centres) * area
+        model = analyzer.fitter.window_model(window, params[window]) * area
         planes[1, window, q_bins, chi_bins] = model
         planes[2, window, q_bins, chi_bins] = planes[0, window, q_bins, chi_bins] - model
     return planes
@@ -140,8 +139,7 @@ def frame_detail_content(analyzer: FrameAnalyzer, frame: np.ndarray, pixel_mask:
     statuses = np.empty(len(names), np.int32)
     analyzer.analyse(frame, values, statuses, saturation_value=saturation_value, accumulate=False)
     buffers = analyzer.buffers
-    fits = analyzer.fitter.fit(buffers.mean_counts, buffers.variance, buffers.n_saturated,
-                               analyzer.max_saturated_pixels)
+    fits = analyzer.fit_regrouped(buffers)
     params = raw_window_params(analyzer)
     units = FrameAnalyzer.parameter_units_for(analyzer.peak_model)
     table = analyzer.table
