@@ -4,7 +4,8 @@ Lapkin SI S4/S6 with pseudo-cubic indexing; the per-frame peaks are ``waxs_010``
 ``waxs_020``, ``waxs_110`` and ``waxs_m110``. In the counter-clockwise image convention
 [100] lies at psi - 90, so (110) = (100) + (010) sits at psi - 45 and (-110) at psi + 45::
 
-    psi = circular mean(chi_010, chi_020, chi_110 + 45, chi_-110 - 45)   over the peaks present
+    psi = circular mean(chi_010, chi_020, chi_110 + 45, chi_-110 - 45)   over the peaks present,
+          reported where its propagated error is <= PSI_MAX_ERROR_DEG (else TOO_UNCERTAIN)
     Delta = psi - phi        (phi from the superlattice; Lapkin: 45.2 +- 1.7 deg)
     <I_AL> = mean i0 of the WAXS peaks present
     a_AL = 2 pi sqrt(h^2 + k^2 + l^2) / q0     per peak, and their mean
@@ -32,6 +33,9 @@ from analysis.status import Status
 
 PSI_OFFSETS_DEG = {"waxs_010": 0.0, "waxs_020": 0.0, "waxs_110": 45.0, "waxs_m110": -45.0}
 """What to add to each peak's chi0 to get the azimuth psi of [010]_AL."""
+PSI_MAX_ERROR_DEG = 0.5
+"""psi is reported where its propagated 1-sigma error is at most this (the 1 deg accuracy of
+the issue is then 2 sigma); beyond it the value is NaN with ``TOO_UNCERTAIN``."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +69,8 @@ def _status(ok: np.ndarray, otherwise: int) -> np.ndarray:
 
 def atomic_lattice_parameters(fits: PeakFits, phi_deg=None, phi_status=None,
                               psi_centre_deg: float = 180.0, delta_centre_deg: float = 0.0,
-                              peaks: tuple[str, ...] = WAXS_PEAKS) -> AtomicLatticeResult:
+                              peaks: tuple[str, ...] = WAXS_PEAKS,
+                              psi_max_error_deg: float = PSI_MAX_ERROR_DEG) -> AtomicLatticeResult:
     """Orientation, intensity and lattice constants of the atomic lattice.
 
     Parameters
@@ -80,6 +85,9 @@ def atomic_lattice_parameters(fits: PeakFits, phi_deg=None, phi_status=None,
         Centres of the reporting branches (see module notes).
     peaks : tuple of str
         WAXS peak names with Miller indices in :data:`analysis.peak_fits.WAXS_MILLER`.
+    psi_max_error_deg : float
+        psi (and Delta) with a larger propagated 1-sigma error are NaN with TOO_UNCERTAIN
+        (default :data:`PSI_MAX_ERROR_DEG`; ``inf`` reports every psi that can be computed).
 
     Returns
     -------
@@ -94,13 +102,16 @@ def atomic_lattice_parameters(fits: PeakFits, phi_deg=None, phi_status=None,
     # Orientation psi of [010]_AL.
     estimates = np.stack([fits.get("chi0_deg", name) + PSI_OFFSETS_DEG[name] for name in peaks], axis=-1)
     psi = circular_mean_deg(np.where(present, estimates, np.nan), axis=-1)
-    psi_ok = np.isfinite(psi)
-    values["psi_deg"] = np.where(psi_ok, wrap_deg(psi, psi_centre_deg), np.nan)
-    statuses["psi_deg"] = _status(psi_ok, Status.MISSING_PEAK)
     chi_err = np.stack([fits.get("chi0_err_deg", name) for name in peaks], axis=-1)
     n_present = present.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         psi_err = np.sqrt((np.where(present, chi_err, 0.0) ** 2).sum(axis=-1)) / np.maximum(n_present, 1)
+    psi_computed = np.isfinite(psi)
+    with np.errstate(invalid="ignore"):
+        psi_ok = psi_computed & ~(psi_err > psi_max_error_deg)  # an unknown error is not judged
+    values["psi_deg"] = np.where(psi_ok, wrap_deg(psi, psi_centre_deg), np.nan)
+    statuses["psi_deg"] = np.where(psi_ok, int(Status.OK), np.where(
+        psi_computed, int(Status.TOO_UNCERTAIN), int(Status.MISSING_PEAK))).astype(np.int32)
     values[error_name("psi_deg")] = np.where(psi_ok, psi_err, np.nan)
     statuses[error_name("psi_deg")] = statuses["psi_deg"]
 
@@ -115,7 +126,7 @@ def atomic_lattice_parameters(fits: PeakFits, phi_deg=None, phi_status=None,
                   else np.broadcast_to(np.asarray(phi_status, dtype=np.int32), shape))
     phi_reason = np.where(phi_reason == Status.OK, int(Status.MISSING_PEAK), phi_reason)
     statuses["psi_minus_phi_deg"] = np.where(
-        delta_ok, int(Status.OK), np.where(psi_ok, phi_reason, int(Status.MISSING_PEAK))).astype(np.int32)
+        delta_ok, int(Status.OK), np.where(psi_ok, phi_reason, statuses["psi_deg"])).astype(np.int32)
 
     # Mean integrated intensity.
     i0 = np.stack([fits.get("i0", name) for name in peaks], axis=-1)

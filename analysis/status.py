@@ -22,6 +22,7 @@ class Status(IntEnum):
     OUTSIDE_DETECTOR = 10    # window falls in a gap / off the detector for this geometry
     UNDECODABLE = 11         # the frame could not be decoded
     PENDING_AVERAGE = 12     # waits for the average-pattern fit at the end of the series
+    TOO_UNCERTAIN = 13       # value computed, but its error is above the reporting limit
     NOT_MEASURED = 255       # map pixel not reached yet
 
 
@@ -39,6 +40,7 @@ STATUS_REASONS: dict[int, str] = {
     Status.OUTSIDE_DETECTOR: "window outside the detector or in a gap",
     Status.UNDECODABLE: "frame could not be decoded",
     Status.PENDING_AVERAGE: "waits for the average-pattern Williamson-Hall fit (end of series)",
+    Status.TOO_UNCERTAIN: "error above the reporting limit (too few or too weak peaks)",
     Status.NOT_MEASURED: "not measured yet",
 }
 
