@@ -137,6 +137,16 @@ class SyntheticScan:
         self.grid = config.scan_grid
         self._pool: list[np.ndarray] | None = None
 
+    def with_crystal(self, crystal: SupercrystalModel) -> "SyntheticScan":
+        """The same scan (geometry, renderer, background pool and frame seeds shared) with
+        another supercrystal model: only the truth, hence the Bragg peaks, differ."""
+        variant = object.__new__(SyntheticScan)
+        variant.__dict__.update(self.__dict__)
+        variant.config = dataclasses.replace(self.config, crystal=crystal)
+        variant.truth = make_truth(variant.config)
+        variant._pool = self.background_pool()
+        return variant
+
     @property
     def n_frames(self) -> int:
         return self.grid.n_points
