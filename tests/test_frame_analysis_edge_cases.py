@@ -78,16 +78,26 @@ def test_peak_without_signal_is_not_significant(setup):
     assert statuses["saxs_intensity"] == Status.OK  # the integrated intensity is a measurement
 
 
-def test_peak_at_the_window_edge(setup):
+@pytest.mark.parametrize("edge", ["chi", "q"])
+def test_peak_at_the_window_edge(setup, edge):
+    """A clearly significant peak (I0 / sigma > 20 in its own window) whose centre lies within
+    a bin of the window edge is CENTRE_AT_EDGE, never a number and not NOT_SIGNIFICANT."""
     model = setup["model"]
-    values, _ = analyse(setup["analyzer"], setup["frame"])
-    chi0 = values["saxs_1.chi0_deg"]
-    moved = dataclasses.replace(model.peak("saxs_1"), chi_range_deg=(chi0 - 1.0, chi0 + 49.0))
+    values, statuses = analyse(setup["analyzer"], setup["frame"])
+    assert statuses["saxs_1.q0_nm"] == Status.OK
+    assert values["saxs_1.i0"] / values["saxs_1.i0_err"] > 20
+    chi0, q0 = values["saxs_1.chi0_deg"], values["saxs_1.q0_nm"]
+    peak = model.peak("saxs_1")
+    if edge == "chi":
+        moved = dataclasses.replace(peak, chi_range_deg=(chi0 - 1.0, chi0 + 49.0))
+    else:
+        width = peak.q_range_nm[1] - peak.q_range_nm[0]
+        moved = dataclasses.replace(peak, q_range_nm=(q0 - 0.005, q0 - 0.005 + width))
     edge_model = dataclasses.replace(model, peaks=tuple(moved if p.name == "saxs_1" else p for p in model.peaks))
     analyzer = FrameAnalyzer(setup["geometry"], edge_model, pixel_mask=setup["scan"].pixel_mask,
                              background=setup["scan"].renderer.background_expected, williamson_hall_L_nm=6.8)
     values, statuses = analyse(analyzer, setup["frame"])
-    assert_missing(values, statuses, "saxs_1.q0_nm", Status.CENTRE_AT_EDGE, Status.NOT_SIGNIFICANT)
+    assert_missing(values, statuses, "saxs_1.q0_nm", Status.CENTRE_AT_EDGE)
 
 
 def test_saturated_pixels_in_a_peak(setup):
