@@ -9,7 +9,7 @@ import numpy as np
 
 HEADLINE_MAPS = (
     "saxs_intensity", "a_mean_nm", "a_ratio", "gamma_deg", "phi_deg",
-    "i_al", "psi_deg", "delta_psi_deg", "g_q",
+    "i_al", "psi_deg", "delta_psi_deg", "g_q", "a_al_nm",
 )
 
 TITLES = {
@@ -22,6 +22,7 @@ TITLES = {
     "psi_deg": r"$\psi$",
     "delta_psi_deg": r"$\Delta\psi$",
     "g_q": "$g_q$",
+    "a_al_nm": "$a_{AL}$",
 }
 
 
@@ -34,6 +35,12 @@ def robust_range(values: np.ndarray, low: float = 2.0, high: float = 98.0) -> tu
     if vmin == vmax:
         vmin, vmax = vmin - 0.5 * abs(vmin or 1), vmax + 0.5 * abs(vmax or 1)
     return float(vmin), float(vmax)
+
+
+def panel_names(maps: dict[str, np.ndarray], names: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The maps a panel draws: ``names`` (default :data:`HEADLINE_MAPS`) that exist, else the
+    first ten maps."""
+    return tuple(n for n in (names or HEADLINE_MAPS) if n in maps) or tuple(maps)[:len(HEADLINE_MAPS)]
 
 
 def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, str], grid,
@@ -59,7 +66,7 @@ def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
-    names = tuple(n for n in (names or HEADLINE_MAPS) if n in maps) or tuple(maps)[:9]
+    names = panel_names(maps, names)
     n_panels = len(names) + (profile is not None)
     n_columns = min(3, n_panels)
     n_rows = math.ceil(n_panels / n_columns)
