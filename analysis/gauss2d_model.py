@@ -250,6 +250,62 @@ def _pair_sum(k, l, s00, s01, s02, s03, s11, s12, s13, s22, s23, s33):
     return s33
 
 
+@numba.njit(cache=True, inline="always")
+def _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix, gradient):
+    """The separable parts of the model at bin centres, shared by the two kernels below: fills
+    ``exp_q`` (n_q,) and ``chi_work`` (3, n_chi) (the chi factor and its chi0 and s_chi
+    derivatives), zeroes the normal matrix and gradient; returns (1 / s_q,eff^2, norm)."""
+    chi0 = p[2]
+    s_q = p[3]
+    s_chi = p[4]
+    # effective widths of the bins (intrinsic width and broadening in quadrature)
+    inv_sq2 = 1.0 / (s_q * s_q + var_q)
+    inv_schi2 = 1.0 / (s_chi * s_chi + var_chi)
+    norm = _INV_TWO_PI * math.sqrt(inv_sq2 * inv_schi2)
+    for i in range(q_nm.shape[0]):
+        d = q_nm[i] - p[1]
+        exp_q[i] = math.exp(-0.5 * d * d * inv_sq2)
+    for j in range(chi_deg.shape[0]):
+        dchi = chi_deg[j] - chi0
+        u = math.exp(-0.5 * dchi * dchi * inv_schi2)
+        chi_work[0, j] = u
+        chi_work[1, j] = u * dchi * inv_schi2
+        # d / d sigma = d / d sigma_eff * sigma / sigma_eff
+        chi_work[2, j] = u * (dchi * dchi * inv_schi2 - 1.0) * s_chi * inv_schi2
+    for a in range(7):
+        gradient[a] = 0.0
+        for b in range(7):
+            normal_matrix[a, b] = 0.0
+    return inv_sq2, norm
+
+
+@numba.njit(cache=True, inline="always")
+def _add_row(alpha, row_shape, row_peak, dq, dq_mid, inv_sq2, s_q, r0, r1, r2, r3,
+             s00, s01, s02, s03, s11, s12, s13, s22, s23, s33, normal_matrix, gradient):
+    """Add one q row's sums to the lower triangle of the normal matrix and to the gradient."""
+    alpha[0] = row_shape
+    alpha[1] = row_peak * dq * inv_sq2
+    alpha[2] = row_peak
+    alpha[3] = row_peak * (dq * dq * inv_sq2 - 1.0) * s_q * inv_sq2
+    alpha[4] = row_peak
+    alpha[5] = 1.0
+    alpha[6] = dq_mid
+    for a in range(7):
+        k = _CHI_FACTOR[a]
+        r_k = r0 if k == 0 else (r1 if k == 1 else (r2 if k == 2 else r3))
+        gradient[a] += alpha[a] * r_k
+        for b in range(a + 1):
+            normal_matrix[a, b] += alpha[a] * alpha[b] * _pair_sum(
+                k, _CHI_FACTOR[b], s00, s01, s02, s03, s11, s12, s13, s22, s23, s33)
+
+
+@numba.njit(cache=True, inline="always")
+def _mirror(normal_matrix):
+    for a in range(7):
+        for b in range(a):
+            normal_matrix[b, a] = normal_matrix[a, b]
+
+
 @numba.njit(cache=True, error_model="numpy")
 def normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid_nm,
                             exp_q, chi_work, alpha, normal_matrix, gradient, var_q, var_chi):
@@ -283,31 +339,8 @@ def normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid_nm,
     float
         chi2 (inf or NaN if the model overflowed).
     """
-    i0 = p[0]
-    q0 = p[1]
-    chi0 = p[2]
-    s_q = p[3]
-    s_chi = p[4]
-    b0 = p[5]
-    b1 = p[6]
-    # effective widths of the bins (intrinsic width and broadening in quadrature)
-    inv_sq2 = 1.0 / (s_q * s_q + var_q)
-    inv_schi2 = 1.0 / (s_chi * s_chi + var_chi)
-    norm = _INV_TWO_PI * math.sqrt(inv_sq2 * inv_schi2)
-    for i in range(q_nm.shape[0]):
-        d = q_nm[i] - q0
-        exp_q[i] = math.exp(-0.5 * d * d * inv_sq2)
-    for j in range(chi_deg.shape[0]):
-        dchi = chi_deg[j] - chi0
-        u = math.exp(-0.5 * dchi * dchi * inv_schi2)
-        chi_work[0, j] = u
-        chi_work[1, j] = u * dchi * inv_schi2
-        # d / d sigma = d / d sigma_eff * sigma / sigma_eff
-        chi_work[2, j] = u * (dchi * dchi * inv_schi2 - 1.0) * s_chi * inv_schi2
-    for a in range(7):
-        gradient[a] = 0.0
-        for b in range(7):
-            normal_matrix[a, b] = 0.0
+    i0, q0, s_q, b0, b1 = p[0], p[1], p[3], p[5], p[6]
+    inv_sq2, norm = _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix, gradient)
     chi2 = 0.0
     for i in range(q_nm.shape[0]):
         dq = q_nm[i] - q0
@@ -347,23 +380,9 @@ def normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid_nm,
             r3 += wr
         if s33 == 0.0:
             continue
-        alpha[0] = row_shape
-        alpha[1] = row_peak * dq * inv_sq2
-        alpha[2] = row_peak
-        alpha[3] = row_peak * (dq * dq * inv_sq2 - 1.0) * s_q * inv_sq2
-        alpha[4] = row_peak
-        alpha[5] = 1.0
-        alpha[6] = dq_mid
-        for a in range(7):
-            k = _CHI_FACTOR[a]
-            r_k = r0 if k == 0 else (r1 if k == 1 else (r2 if k == 2 else r3))
-            gradient[a] += alpha[a] * r_k
-            for b in range(a + 1):
-                normal_matrix[a, b] += alpha[a] * alpha[b] * _pair_sum(
-                    k, _CHI_FACTOR[b], s00, s01, s02, s03, s11, s12, s13, s22, s23, s33)
-    for a in range(7):
-        for b in range(a):
-            normal_matrix[b, a] = normal_matrix[a, b]
+        _add_row(alpha, row_shape, row_peak, dq, dq_mid, inv_sq2, s_q, r0, r1, r2, r3,
+                 s00, s01, s02, s03, s11, s12, s13, s22, s23, s33, normal_matrix, gradient)
+    _mirror(normal_matrix)
     return chi2
 
 
@@ -451,31 +470,8 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
         ``sum (N - mu)^2 / mu``; both inf when the model plus offset is not positive in some
         valid bin (a Poisson mean must be > 0), and then the other outputs are incomplete.
     """
-    i0 = p[0]
-    q0 = p[1]
-    chi0 = p[2]
-    s_q = p[3]
-    s_chi = p[4]
-    b0 = p[5]
-    b1 = p[6]
-    # effective widths of the bins (intrinsic width and broadening in quadrature)
-    inv_sq2 = 1.0 / (s_q * s_q + var_q)
-    inv_schi2 = 1.0 / (s_chi * s_chi + var_chi)
-    norm = _INV_TWO_PI * math.sqrt(inv_sq2 * inv_schi2)
-    for i in range(q_nm.shape[0]):
-        d = q_nm[i] - q0
-        exp_q[i] = math.exp(-0.5 * d * d * inv_sq2)
-    for j in range(chi_deg.shape[0]):
-        dchi = chi_deg[j] - chi0
-        u = math.exp(-0.5 * dchi * dchi * inv_schi2)
-        chi_work[0, j] = u
-        chi_work[1, j] = u * dchi * inv_schi2
-        # d / d sigma = d / d sigma_eff * sigma / sigma_eff
-        chi_work[2, j] = u * (dchi * dchi * inv_schi2 - 1.0) * s_chi * inv_schi2
-    for a in range(7):
-        gradient[a] = 0.0
-        for b in range(7):
-            normal_matrix[a, b] = 0.0
+    i0, q0, s_q, b0, b1 = p[0], p[1], p[3], p[5], p[6]
+    inv_sq2, norm = _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix, gradient)
     deviance = 0.0
     pearson = 0.0
     n_chi = chi_deg.shape[0]
@@ -532,23 +528,9 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
             r3 += wr
         if n_row == 0:
             continue
-        alpha[0] = row_shape
-        alpha[1] = row_peak * dq * inv_sq2
-        alpha[2] = row_peak
-        alpha[3] = row_peak * (dq * dq * inv_sq2 - 1.0) * s_q * inv_sq2
-        alpha[4] = row_peak
-        alpha[5] = 1.0
-        alpha[6] = dq_mid
-        for a in range(7):
-            k = _CHI_FACTOR[a]
-            r_k = r0 if k == 0 else (r1 if k == 1 else (r2 if k == 2 else r3))
-            gradient[a] += alpha[a] * r_k
-            for b in range(a + 1):
-                normal_matrix[a, b] += alpha[a] * alpha[b] * _pair_sum(
-                    k, _CHI_FACTOR[b], s00, s01, s02, s03, s11, s12, s13, s22, s23, s33)
-    for a in range(7):
-        for b in range(a):
-            normal_matrix[b, a] = normal_matrix[a, b]
+        _add_row(alpha, row_shape, row_peak, dq, dq_mid, inv_sq2, s_q, r0, r1, r2, r3,
+                 s00, s01, s02, s03, s11, s12, s13, s22, s23, s33, normal_matrix, gradient)
+    _mirror(normal_matrix)
     return 2.0 * deviance, pearson
 
 
