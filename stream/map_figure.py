@@ -80,8 +80,7 @@ def render_map_figure(path: Path, maps: dict[str, np.ndarray], units: dict[str, 
         axes = figure.add_subplot(n_rows, n_columns, index + 1)
         data = np.asarray(maps[name], dtype=np.float64)
         limits = robust_range(data)
-        cmap = matplotlib.colormaps["viridis"].copy()
-        cmap.set_bad("white")
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
         image = axes.imshow(np.ma.masked_invalid(data), cmap=cmap, extent=extent, origin="upper",
                             interpolation="nearest",
                             vmin=None if limits is None else limits[0],

@@ -16,16 +16,14 @@ import bluesky.plan_stubs as bps
 import bluesky.plans as bp
 import numpy as np
 import pytest
+import small_detector
 
-from analysis.frame_analysis import FrameAnalyzer
 from simulators.beamline import SimulatedBeamline
 from simulators.beamline_frames import uniform_frames
 from simulators.beamline_plans import with_detector_series
 from simulators.beamline_stage import epics_stage, sim_stage
 from simulators.eiger_files import EigerMetadata
 from simulators.eiger_server import EigerStreamServer
-from stream.analysis_setup import AnalysisSetup
-from stream.config_files import load_geometry, load_peak_model
 from stream.document_log import DocumentLog
 from stream.service import Service, ServiceConfig
 
@@ -34,23 +32,7 @@ pytestmark = pytest.mark.timeout(150)
 SHAPE = (9, 11)  # rows (slow y) x columns (fast x): non-square on purpose
 Y0, DY, X0, DX = 10.0, 2.0, 5.0, 1.5
 EXTENTS = ((Y0, Y0 + DY * (SHAPE[0] - 1)), (X0, X0 + DX * (SHAPE[1] - 1)))
-METADATA = EigerMetadata(shape=(24, 32), dtype="uint32", wavelength_m=8.984e-11, pixel_size_m=75e-6)
-PONI = """poni_version: 2.1
-Detector: Detector
-Detector_config: {"pixel1": 7.5e-05, "pixel2": 7.5e-05, "max_shape": [24, 32], "orientation": 3}
-Distance: 0.05
-Poni1: 0.0009
-Poni2: 0.0012
-Rot1: 0.0
-Rot2: 0.0
-Rot3: 0.0
-Wavelength: 8.984e-11
-"""
-PEAKS = """name: small test detector
-saxs_integration_q_max_nm: 1.0
-peaks:
-  - {name: waxs_100, family: waxs, hkl: [1, 0, 0], q_range_nm: [2.0, 3.5], chi_range_deg: [-60, 60], n_q: 6, n_chi: 8}
-"""
+METADATA = EigerMetadata(shape=small_detector.SHAPE, dtype="uint32", wavelength_m=8.984e-11, pixel_size_m=75e-6)
 
 
 def counts_at(y_um: float, x_um: float, origin=(Y0, X0)) -> int:
@@ -60,16 +42,12 @@ def counts_at(y_um: float, x_um: float, origin=(Y0, X0)) -> int:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("small_detector")
-    (folder / "small.poni").write_text(PONI)
-    (folder / "small.yaml").write_text(PEAKS)
-    return AnalysisSetup(str(folder / "small.poni"), str(folder / "small.yaml"))
+    return small_detector.write_setup(tmp_path_factory.mktemp("small_detector"))
 
 
 @pytest.fixture(scope="module")
 def saxs_pixels(setup) -> float:
-    analyzer = FrameAnalyzer(load_geometry(setup.poni_path), load_peak_model(setup.peaks_path))
-    return float(analyzer.table.saxs_pixel_count_geometric)
+    return small_detector.saxs_pixel_count(setup)
 
 
 @pytest.fixture(scope="module")
