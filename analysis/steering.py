@@ -29,8 +29,8 @@ import numpy as np
 from analysis.errors import ConfigurationError
 from analysis.region_tiling import Rectangle, tile_mask
 from analysis.scan_request import MotorRange, ScanRequest
-from analysis.steering_maps import FineGrid, SteeringMaps, fine_grid_over
-from analysis.steering_strategies import STRATEGIES, StrategyResult, run_strategy
+from analysis.steering_maps import FineGrid, SteeringMaps, fine_grid_over, measured_on_fine
+from analysis.steering_strategies import STRATEGIES, StrategyResult, finite_pair, run_strategy
 
 DEFAULT_DWELL_S = 0.5
 
@@ -144,12 +144,12 @@ class SteeringRequest:
             raise ConfigurationError(f"limits_um={limits!r} must map motor names to [low, high]")
         checked = {}
         for motor, pair in limits.items():
-            if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or any(
-                    isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in pair)):
+            low_high = finite_pair(pair)
+            if low_high is None:
                 raise ConfigurationError(f"limits of motor {motor!r}: {pair!r} must be [low, high] in um")
-            if not pair[0] < pair[1]:
+            if not low_high[0] < low_high[1]:
                 raise ConfigurationError(f"limits of motor {motor!r}: low {pair[0]} must be below high {pair[1]}")
-            checked[str(motor)] = (float(pair[0]), float(pair[1]))
+            checked[str(motor)] = low_high
         kwargs["limits_um"] = checked
         for key in ("refine", "overhead_per_point_s", "overhead_per_scan_s", "wait_s", "min_fill"):
             if key in data:
@@ -260,16 +260,9 @@ def measured_at_step(fine: FineGrid, scans: list[SteeringMaps]) -> np.ndarray:
     """Bool ``fine.shape``: fine points that a scan at the fine step or finer already measured."""
     done = np.zeros(fine.shape, dtype=bool)
     for maps in scans:
-        if tuple(maps.grid.axis_names) != tuple(fine.axis_names):
-            continue
-        steps = maps.abs_step_um
-        if any(maps.grid.shape[a] > 1 and steps[a] > fine.step_um[a] * (1 + 1e-6) for a in (0, 1)):
-            continue
-        rows_um, cols_um = maps.grid.axes_um()
-        r, c = np.nonzero(maps.measured)
-        fr, fc = fine.index_of(rows_um[r], 0), fine.index_of(cols_um[c], 1)
-        keep = (fr >= 0) & (fr < fine.shape[0]) & (fc >= 0) & (fc < fine.shape[1])
-        done[fr[keep], fc[keep]] = True
+        placed = measured_on_fine(maps, fine)
+        if placed is not None:
+            done[placed[2], placed[3]] = True
     return done
 
 

@@ -128,6 +128,32 @@ def fine_grid_over(grid: ScanGrid, step_um: tuple[float, float]) -> FineGrid:
     return FineGrid((starts[0], starts[1]), (steps[0], steps[1]), (shape[0], shape[1]), tuple(grid.axis_names))
 
 
+def measured_on_fine(scan: SteeringMaps, fine: FineGrid, points=None):
+    """Where the points of ``scan`` fall on the fine grid, for a scan at the fine step or finer
+    on the same motors (else None).
+
+    Parameters
+    ----------
+    points : ndarray of bool, shape ``scan.grid.shape``, optional
+        The points to place (default: the measured ones).
+
+    Returns
+    -------
+    (rows, columns, fine_rows, fine_columns) : 4 ndarrays of int64, or None
+        Scan indices of the points that land on the fine grid, and their fine indices.
+    """
+    if tuple(scan.grid.axis_names) != tuple(fine.axis_names):
+        return None
+    steps = scan.abs_step_um
+    if any(scan.grid.shape[a] > 1 and steps[a] > fine.step_um[a] * (1 + 1e-6) for a in (0, 1)):
+        return None
+    rows_um, cols_um = scan.grid.axes_um()
+    r, c = np.nonzero(scan.measured if points is None else points)
+    fr, fc = fine.index_of(rows_um[r], 0), fine.index_of(cols_um[c], 1)
+    keep = (fr >= 0) & (fr < fine.shape[0]) & (fc >= 0) & (fc < fine.shape[1])
+    return r[keep], c[keep], fr[keep], fc[keep]
+
+
 def coarse_index_on_fine(maps: SteeringMaps, fine: FineGrid) -> tuple[np.ndarray, np.ndarray]:
     """For every fine row / column, the nearest coarse row / column of ``maps`` (int64 1-D)."""
     result = []

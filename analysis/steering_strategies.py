@@ -23,6 +23,7 @@ A strategy that finds nothing returns an empty mask and says why in its note.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -33,7 +34,8 @@ from scipy import ndimage
 from analysis.errors import ConfigurationError
 from analysis.map_parameters import error_name
 from analysis.status import Status
-from analysis.steering_maps import FineGrid, SteeringMaps, coarse_index_on_fine, interpolate_to_fine
+from analysis.steering_maps import (FineGrid, SteeringMaps, coarse_index_on_fine, interpolate_to_fine,
+                                    measured_on_fine)
 
 SAXS_INTENSITY = "saxs_intensity"
 
@@ -58,6 +60,14 @@ class StrategyResult:
     note: str
 
 
+def finite_pair(value) -> tuple[float, float] | None:
+    """``value`` as two finite floats (a JSON pair), or None when it is not one."""
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        return None
+    return float(value[0]), float(value[1])
+
+
 def _number(options: dict, key: str, low: float = 0.0, inclusive: bool = True, high: float = math.inf) -> float:
     value = options[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -68,7 +78,7 @@ def _number(options: dict, key: str, low: float = 0.0, inclusive: bool = True, h
     return float(value)
 
 
-def composite_on_fine(intensity: str, maps: SteeringMaps, fine: FineGrid, scans=()) -> np.ndarray:
+def composite_on_fine(intensity: str, maps: SteeringMaps, fine: FineGrid, scans=()):
     """``intensity`` on the fine grid: the basis map interpolated, overwritten by what scans at the
     fine step or finer measured (a fine point takes its nearest measured value).
 
@@ -82,20 +92,15 @@ def composite_on_fine(intensity: str, maps: SteeringMaps, fine: FineGrid, scans=
     composite = interpolate_to_fine(maps.map(intensity), maps, fine)
     measured = np.zeros(fine.shape, dtype=bool)
     for scan in scans:
-        if scan is maps and max(scan.abs_step_um) > max(fine.step_um) * (1 + 1e-6):
-            continue
-        if intensity not in scan.parameters or tuple(scan.grid.axis_names) != tuple(fine.axis_names):
-            continue
-        steps = scan.abs_step_um
-        if any(scan.grid.shape[a] > 1 and steps[a] > fine.step_um[a] * (1 + 1e-6) for a in (0, 1)):
+        if intensity not in scan.parameters:
             continue
         values = scan.map(intensity)
-        rows_um, cols_um = scan.grid.axes_um()
-        r, c = np.nonzero(scan.measured & np.isfinite(values))
-        fr, fc = fine.index_of(rows_um[r], 0), fine.index_of(cols_um[c], 1)
-        keep = (fr >= 0) & (fr < fine.shape[0]) & (fc >= 0) & (fc < fine.shape[1])
-        composite[fr[keep], fc[keep]] = values[r[keep], c[keep]]
-        measured[fr[keep], fc[keep]] = True
+        placed = measured_on_fine(scan, fine, scan.measured & np.isfinite(values))
+        if placed is None:
+            continue
+        r, c, fr, fc = placed
+        composite[fr, fc] = values[r, c]
+        measured[fr, fc] = True
     return composite, measured
 
 
@@ -222,10 +227,10 @@ def uncertain(maps: SteeringMaps, fine: FineGrid, scans=(), parameter: str | Non
 def user(maps: SteeringMaps, fine: FineGrid, scans=(), x_range_um=None, y_range_um=None) -> StrategyResult:
     ranges = []
     for key, value in (("y_range_um", y_range_um), ("x_range_um", x_range_um)):
-        if (not isinstance(value, (list, tuple)) or len(value) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        pair = finite_pair(value)
+        if pair is None:
             raise ConfigurationError(f"strategy user needs {key} as two finite numbers (um), got {value!r}")
-        ranges.append(sorted(float(v) for v in value))
+        ranges.append(sorted(pair))
     rows, cols = fine.axes_um()
     tolerance = [1e-6 * s for s in fine.step_um]
     in_rows = (rows >= ranges[0][0] - tolerance[0]) & (rows <= ranges[0][1] + tolerance[0])
@@ -248,8 +253,6 @@ NUMBER_OPTIONS = {"threshold_fraction": (0.0, False, 1.0), "margin_um": (0.0, Tr
 
 def run_strategy(name: str, options: dict, maps: SteeringMaps, fine: FineGrid, scans=()) -> StrategyResult:
     """Run strategy ``name`` with ``options``; :class:`ConfigurationError` naming any bad option."""
-    import inspect
-
     if name not in STRATEGIES:
         raise ConfigurationError(f"unknown steering strategy {name!r}; known: {', '.join(STRATEGIES)}")
     function = STRATEGIES[name]

@@ -23,8 +23,8 @@ Requests (``command`` selects; replies are ``{"ok": true, ...}`` or ``{"ok": fal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -35,6 +35,7 @@ import zmq
 from analysis.errors import BraggmapError, ConfigurationError, ProtocolError
 from analysis.steering import SteeringRequest, StrategySpec, suggest
 from analysis.steering_maps import SteeringMaps
+from analysis.steering_strategies import finite_pair
 from stream import wire
 from stream.loop_thread import LoopThread
 from stream.reqrep import bind_rep
@@ -112,11 +113,10 @@ class MapBook:
 def _ranges(request: dict) -> dict:
     region = {}
     for key in ("x_range_um", "y_range_um"):
-        value = request.get(key)
-        if (not isinstance(value, (list, tuple)) or len(value) != 2 or any(
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in value)):
-            raise ConfigurationError(f"add_region needs {key} as two finite numbers (um), got {value!r}")
-        region[key] = [float(v) for v in value]
+        pair = finite_pair(request.get(key))
+        if pair is None:
+            raise ConfigurationError(f"add_region needs {key} as two finite numbers (um), got {request.get(key)!r}")
+        region[key] = list(pair)
     if "series_id" in request and request["series_id"] is not None:
         region["series_id"] = request["series_id"]
     return region
@@ -208,7 +208,7 @@ class SteeringServer(LoopThread):
                 raise ConfigurationError("strategy user: no region was drawn (add_region) and none given")
             specs = [s for s in parsed.strategies if not (s.name == "user" and not s.options)]
             specs += [StrategySpec("user", {k: v for k, v in r.items() if k != "series_id"}) for r in self.regions]
-            parsed = SteeringRequest(**{**parsed.__dict__, "strategies": tuple(specs)})
+            parsed = dataclasses.replace(parsed, strategies=tuple(specs))
         wait = min(parsed.wait_s, MAX_WAIT_S)
         for series_id in wait_for:  # e.g. the scans just run: their maps take part
             self.book.get(series_id, wait)
