@@ -23,12 +23,16 @@ from analysis.map_parameters import map_vectors, parameter_names, peak_map_value
 from analysis.peak_model import PeakModel
 from analysis.peak_window_fits import PeakWindowFitter
 from analysis.polar_table import build_polar_table
+from analysis.regroup_batch import RegroupBatch
 from analysis.regroup_kernel import RegroupBuffers, regroup_frame
 from analysis.status import Status
 from analysis.superlattice import superlattice_parameters
 from analysis.williamson_hall import frame_broadening
 
 log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 16
+"""Frames analysed together at most (fits and physics once per batch)."""
 
 INVALID_VALUES = {np.dtype(np.uint8): 2**8 - 1, np.dtype(np.uint16): 2**16 - 1, np.dtype(np.uint32): 2**32 - 1}
 """EIGER NODATA value (gap / masked pixel) of each image dtype: 2^bits - 1."""
@@ -49,16 +53,21 @@ class FrameAnalyzer:
         NC size fixed for the per-frame g_q and delta_psi. Default: the peak model's value; when
         neither gives one, those two maps wait for the average-pattern fit at the end of the
         series (status PENDING_AVERAGE).
+    max_batch : int
+        Most frames :meth:`analyse_batch` / :meth:`analyse_regrouped` take at once (their
+        buffers are allocated here).
     """
 
     def __init__(self, geometry: DetectorGeometry, peak_model: PeakModel, pixel_mask: np.ndarray | None = None,
-                 background: np.ndarray | None = None, williamson_hall_L_nm: float | None = None) -> None:
+                 background: np.ndarray | None = None, williamson_hall_L_nm: float | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH) -> None:
         if pixel_mask is not None and pixel_mask.shape != geometry.shape:
             raise GeometryError(f"pixel mask shape {pixel_mask.shape} does not match the geometry {geometry.shape}")
         self.geometry = geometry
         self.peak_model = peak_model
         self.table = build_polar_table(geometry, peak_model, pixel_mask)
-        self.buffers = RegroupBuffers.for_table(self.table)
+        self.batch = RegroupBatch(self.table, max_batch)
+        self.buffers = self.batch.slots[0]
         self.background = None if background is None else regroup_background(background, self.table)
         self.fitter = PeakWindowFitter(self.table, FitSettings(min_significance=peak_model.significance_threshold),
                                        geometry=geometry)
@@ -84,12 +93,16 @@ class FrameAnalyzer:
 
     # -- per frame -----------------------------------------------------------------------------
     def warm_up(self) -> None:
-        """Compile every kernel on the real tables with a dummy frame before serving."""
+        """Compile every kernel on the real tables with dummy frames before serving (one frame
+        and a batch of two, uint32 and uint16)."""
         warm_up_fits()
+        n_params = len(self.parameter_names)
         for dtype in (np.uint32, np.uint16):
-            values = np.empty(len(self.parameter_names))
-            statuses = np.empty(len(self.parameter_names), np.int32)
-            self.analyse(np.zeros(self.geometry.shape, dtype=dtype), values, statuses, accumulate=False)
+            frame = np.zeros(self.geometry.shape, dtype=dtype)
+            self.analyse(frame, np.empty(n_params), np.empty(n_params, np.int32), accumulate=False)
+            n = min(2, self.batch.capacity)
+            self.analyse_batch([frame] * n, np.empty((n, n_params)), np.empty((n, n_params), np.int32),
+                               accumulate=False)
 
     def analyse(self, frame: np.ndarray, values: np.ndarray, statuses: np.ndarray,
                 saturation_value: float | None = None, accumulate: bool = True) -> None:
@@ -108,20 +121,56 @@ class FrameAnalyzer:
         accumulate : bool
             Add the frame's windows to the running average pattern.
         """
+        self.regroup_into(0, frame, saturation_value)
+        self.analyse_regrouped(1, values[None], statuses[None], accumulate=accumulate)
+
+    def analyse_batch(self, frames, values: np.ndarray, statuses: np.ndarray,
+                      saturation_value: float | None = None, accumulate: bool = True) -> None:
+        """Analyse several frames at once (same results as :meth:`analyse` frame by frame).
+
+        Parameters
+        ----------
+        frames : sequence of ndarray, shape (rows, columns), at most ``max_batch``
+        values : ndarray of float64, shape (n_frames, n_parameters)
+        statuses : ndarray of int32, shape (n_frames, n_parameters)
+        saturation_value, accumulate
+            As in :meth:`analyse`.
+        """
+        for k, frame in enumerate(frames):
+            self.regroup_into(k, frame, saturation_value)
+        self.analyse_regrouped(len(frames), values, statuses, accumulate=accumulate)
+
+    def regroup_into(self, slot: int, frame: np.ndarray, saturation_value: float | None = None) -> RegroupBuffers:
+        """Regroup one frame into batch slot ``slot`` (0 <= slot < max_batch) and return its buffers."""
         if frame.shape != self.geometry.shape:
             raise GeometryError(f"frame shape {frame.shape} does not match the geometry {self.geometry.shape}")
-        saturation = self.saturation_override if self.saturation_override is not None else saturation_value
-        buffers = regroup_frame(frame, self.table, invalid_value=INVALID_VALUES.get(frame.dtype),
-                                saturation_value=saturation, background=self.background, out=self.buffers)
+        return regroup_frame(frame, self.table, invalid_value=INVALID_VALUES.get(frame.dtype),
+                             saturation_value=self.saturation_for(saturation_value), background=self.background,
+                             out=self.batch.slots[slot])
+
+    def saturation_for(self, saturation_value: float | None) -> float | None:
+        """The saturation value in force: the peak model's override, else the series header's."""
+        return self.saturation_override if self.saturation_override is not None else saturation_value
+
+    def analyse_regrouped(self, n_frames: int, values: np.ndarray, statuses: np.ndarray,
+                          accumulate: bool = True) -> None:
+        """Fit and derive the first ``n_frames`` regrouped slots into ``values`` / ``statuses``
+        of shape (n_frames, n_parameters) (float64 / int32, caller-owned)."""
+        if not 1 <= n_frames <= self.batch.capacity:
+            raise ValueError(f"a batch holds 1 to {self.batch.capacity} frames, got {n_frames}")
+        batch = self.batch
         if accumulate:
-            self.average.add(buffers)
-        fits = self.fit_regrouped(buffers)
-        saxs_ok = np.isfinite(buffers.saxs_intensity)
-        saxs = ({"saxs_intensity": np.float64(buffers.saxs_intensity)},
-                {"saxs_intensity": np.int32(Status.OK if saxs_ok else Status.TOO_FEW_POINTS)})
+            for k in range(n_frames):
+                self.average.add(batch.slots[k])
+        fits = self.fitter.fit(batch.mean_counts[:n_frames], batch.variance[:n_frames],
+                               batch.n_saturated[:n_frames], self.max_saturated_pixels,
+                               n_valid=batch.n_valid[:n_frames], sum_counts=batch.sum_counts[:n_frames])
+        saxs_intensity = batch.saxs_intensity(n_frames)
+        saxs_status = np.where(np.isfinite(saxs_intensity), int(Status.OK), int(Status.TOO_FEW_POINTS))
+        saxs = ({"saxs_intensity": saxs_intensity}, {"saxs_intensity": saxs_status.astype(np.int32)})
         vector, status = map_vectors(self.parameter_names, saxs, *self.derive(fits))
-        values[:] = vector
-        statuses[:] = status
+        values[:n_frames] = vector
+        statuses[:n_frames] = status
 
     def fit_regrouped(self, buffers: RegroupBuffers):
         """Poisson maximum-likelihood fits of every window of a regrouped frame (PeakFits)."""

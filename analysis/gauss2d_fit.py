@@ -23,7 +23,7 @@ from analysis.gauss2d_lm import (N_MATRIX_SCRATCH, N_VECTOR_SCRATCH, fit_batch_p
 from analysis.gauss2d_model import (I_CHI0, I_I0, I_Q0, I_SCHI, I_SQ, N_PARAMS, PARAM_NAMES,
                                     fwhm_from_sigma)
 
-__all__ = ["FitSettings", "Gauss2DFitResult", "default_bounds", "fit_windows",
+__all__ = ["FitSettings", "Gauss2DFitResult", "PreparedFit", "default_bounds", "fit_windows",
            "fit_windows_into", "fwhm_from_sigma", "warm_up", "PARAM_NAMES"]
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,119 @@ def _bounds(name: str, given, default: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(values), default, values)
 
 
+class PreparedFit:
+    """Repeated fits of batches of one shape: everything but the data checked and allocated once.
+
+    The service fits the same windows on every frame: bounds, model points, broadening, the
+    kernel's scratch and the debug outputs depend only on the table, so they are validated
+    here once and :meth:`run` checks only the data and the outputs of each call.
+
+    Parameters
+    ----------
+    shape : (n_win, n_q, n_chi)
+        Shape of every batch of data.
+    q_centres_nm, chi_centres_deg, points, broadening, lower, upper, settings, parallel
+        As in :func:`fit_windows_into`.
+    poisson : bool
+        Poisson maximum likelihood (:meth:`run` then needs ``exposure``) or least squares.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes or dtypes, fewer than 2 bins along an axis, or a lower bound above an
+        upper one.
+    """
+
+    def __init__(self, shape, q_centres_nm, chi_centres_deg, *, poisson: bool, points=None,
+                 broadening=None, lower=None, upper=None, settings: FitSettings | None = None,
+                 parallel: bool = False) -> None:
+        if len(shape) != 3 or shape[1] < 2 or shape[2] < 2:
+            raise ValueError(f"mean_counts must have shape (n_win, n_q >= 2, n_chi >= 2), "
+                             f"got {tuple(shape)}")
+        self.shape = n_win, n_q, n_chi = tuple(int(n) for n in shape)
+        self.settings = FitSettings() if settings is None else settings
+        self.poisson = bool(poisson)
+        self.at_points = points is not None
+        if self.at_points:
+            self.q_points = _float64_array("q_points", points[0], self.shape)
+            self.chi_points = _float64_array("chi_points", points[1], self.shape)
+        else:
+            self.q_points = self.chi_points = np.zeros((n_win, 1, 1))  # placeholders, never read
+        if broadening is None:
+            self.q_var = self.chi_var = (np.zeros(self.shape) if self.at_points
+                                         else np.zeros((n_win, 1, 1)))
+            self.var_q = self.var_chi = np.zeros(n_win)
+        else:
+            self.q_var = _float64_array("broadening q", broadening[0], self.shape)
+            self.chi_var = _float64_array("broadening chi", broadening[1], self.shape)
+            with np.errstate(invalid="ignore"):
+                if np.any(self.q_var < 0) or np.any(self.chi_var < 0):
+                    raise ValueError("broadening variances must be >= 0 (NaN where a bin is empty)")
+            self.var_q, self.var_chi = (np.array([np.nanmean(v[w]) if np.isfinite(v[w]).any() else 0.0
+                                                  for w in range(n_win)]) for v in (self.q_var, self.chi_var))
+        self.q = _float64_array("q_centres_nm", q_centres_nm, (n_win, n_q))
+        self.chi = _float64_array("chi_centres_deg", chi_centres_deg, (n_win, n_chi))
+        default_lower, default_upper = default_bounds(self.q, self.chi)
+        self.lower = _bounds("lower", lower, default_lower)
+        self.upper = _bounds("upper", upper, default_upper)
+        bad = np.argwhere(self.lower > self.upper)
+        if bad.size:
+            w, k = bad[0]
+            raise ValueError(f"window {w}: lower bound {self.lower[w, k]!r} of {PARAM_NAMES[k]} is "
+                             f"above the upper bound {self.upper[w, k]!r}")
+        self.raw_params = np.empty((n_win, N_PARAMS))
+        self.initial = np.empty((n_win, N_PARAMS))
+        self.parallel = parallel
+        n_chunks = min(numba.get_num_threads(), max(n_win, 1)) if parallel else 0
+        lead = (n_chunks,) if parallel else ()
+        self._scratch = (np.empty(lead + (n_q,)), np.empty(lead + (3, n_chi)),
+                         np.empty(lead + (n_q * n_chi,)),
+                         np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
+                         np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)),
+                         np.empty(lead + (2, 2, n_q * n_chi)))
+        self._no_data = np.zeros((n_win, 1, 1))
+
+    def run(self, mean_counts, variance, params, errors, status, chi2_reduced, n_iterations, *,
+            exposure=None, offset=None, raw_params=None, initial=None) -> None:
+        """Fit one batch into caller-owned outputs (arguments as in :func:`fit_windows_into`;
+        ``raw_params`` and ``initial`` default to this object's own arrays)."""
+        counts = _float64_array("mean_counts", mean_counts, self.shape)
+        var = _float64_array("variance", variance, self.shape)
+        if offset is not None and not self.poisson:
+            raise ValueError("offset needs exposure (it only enters the Poisson likelihood)")
+        if self.poisson:
+            if exposure is None:
+                raise ValueError("a Poisson fit needs exposure")
+            expo = _float64_array("exposure", exposure, self.shape)
+            off = (np.zeros(self.shape) if offset is None
+                   else _float64_array("offset", offset, self.shape))
+        else:
+            if exposure is not None:
+                raise ValueError("exposure was given to a least-squares fit")
+            expo = off = self._no_data  # placeholders, never read
+        n_win = self.shape[0]
+        raw_params = self.raw_params if raw_params is None else raw_params
+        initial = self.initial if initial is None else initial
+        for name, array, shape, dtype in (
+                ("params", params, (n_win, N_PARAMS), np.float64),
+                ("errors", errors, (n_win, N_PARAMS), np.float64),
+                ("status", status, (n_win,), np.int32),
+                ("chi2_reduced", chi2_reduced, (n_win,), np.float64),
+                ("n_iterations", n_iterations, (n_win,), np.int32),
+                ("raw_params", raw_params, (n_win, N_PARAMS), np.float64),
+                ("initial", initial, (n_win, N_PARAMS), np.float64)):
+            _check_output(name, array, shape, dtype)
+        if n_win == 0:
+            return
+        s = self.settings
+        kernel = fit_batch_parallel if self.parallel else fit_batch_serial
+        kernel(counts, var, expo, off, self.poisson, self.q_points, self.chi_points, self.q_var,
+               self.chi_var, self.var_q, self.var_chi, self.at_points, self.q, self.chi, self.lower,
+               self.upper, int(s.max_iterations), float(s.ftol), float(s.xtol),
+               float(s.min_significance), float(s.edge_margin_bins), int(s.min_valid_bins), params,
+               errors, status, chi2_reduced, n_iterations, raw_params, initial, *self._scratch)
+
+
 def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, params, errors, status,
                      chi2_reduced, n_iterations, *, exposure=None, offset=None, points=None,
                      broadening=None, lower=None, upper=None, raw_params=None, initial=None,
@@ -235,76 +348,17 @@ def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, param
         Wrong shapes or dtypes, fewer than 2 bins along an axis, or a lower bound above an
         upper one.
     """
-    settings = FitSettings() if settings is None else settings
     counts = np.asarray(mean_counts)
     if counts.ndim != 3 or counts.shape[1] < 2 or counts.shape[2] < 2:
         raise ValueError(f"mean_counts must have shape (n_win, n_q >= 2, n_chi >= 2), "
                          f"got {counts.shape}")
-    n_win, n_q, n_chi = counts.shape
-    counts = _float64_array("mean_counts", counts, counts.shape)
-    var = _float64_array("variance", variance, counts.shape)
-    poisson = exposure is not None
-    if offset is not None and not poisson:
+    if offset is not None and exposure is None:
         raise ValueError("offset needs exposure (it only enters the Poisson likelihood)")
-    if poisson:
-        expo = _float64_array("exposure", exposure, counts.shape)
-        off = (np.zeros(counts.shape) if offset is None
-               else _float64_array("offset", offset, counts.shape))
-    else:
-        expo = off = np.zeros((n_win, 1, 1))  # placeholders, never read
-    at_points = points is not None
-    if at_points:
-        q_points = _float64_array("q_points", points[0], counts.shape)
-        chi_points = _float64_array("chi_points", points[1], counts.shape)
-    else:
-        q_points = chi_points = np.zeros((n_win, 1, 1))  # placeholders, never read
-    if broadening is None:
-        q_var = chi_var = np.zeros((n_win, 1, 1)) if not at_points else np.zeros(counts.shape)
-        var_q = var_chi = np.zeros(n_win)
-    else:
-        q_var = _float64_array("broadening q", broadening[0], counts.shape)
-        chi_var = _float64_array("broadening chi", broadening[1], counts.shape)
-        with np.errstate(invalid="ignore"):
-            if np.any(q_var < 0) or np.any(chi_var < 0):
-                raise ValueError("broadening variances must be >= 0 (NaN where a bin is empty)")
-        var_q, var_chi = (np.array([np.nanmean(v[w]) if np.isfinite(v[w]).any() else 0.0
-                                    for w in range(n_win)]) for v in (q_var, chi_var))
-    q = _float64_array("q_centres_nm", q_centres_nm, (n_win, n_q))
-    chi = _float64_array("chi_centres_deg", chi_centres_deg, (n_win, n_chi))
-    default_lower, default_upper = default_bounds(q, chi)
-    low = _bounds("lower", lower, default_lower)
-    high = _bounds("upper", upper, default_upper)
-    bad = np.argwhere(low > high)
-    if bad.size:
-        w, k = bad[0]
-        raise ValueError(f"window {w}: lower bound {low[w, k]!r} of {PARAM_NAMES[k]} is above "
-                         f"the upper bound {high[w, k]!r}")
-    for name, array, shape, dtype in (
-            ("params", params, (n_win, N_PARAMS), np.float64),
-            ("errors", errors, (n_win, N_PARAMS), np.float64),
-            ("status", status, (n_win,), np.int32),
-            ("chi2_reduced", chi2_reduced, (n_win,), np.float64),
-            ("n_iterations", n_iterations, (n_win,), np.int32)):
-        _check_output(name, array, shape, dtype)
-    raw_params = np.empty((n_win, N_PARAMS)) if raw_params is None else raw_params
-    initial = np.empty((n_win, N_PARAMS)) if initial is None else initial
-    _check_output("raw_params", raw_params, (n_win, N_PARAMS), np.float64)
-    _check_output("initial", initial, (n_win, N_PARAMS), np.float64)
-    if n_win == 0:
-        return
-    n_chunks = min(numba.get_num_threads(), n_win) if parallel else 0
-    lead = (n_chunks,) if parallel else ()
-    scratch = (np.empty(lead + (n_q,)), np.empty(lead + (3, n_chi)),
-               np.empty(lead + (n_q * n_chi,)),
-               np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
-               np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)),
-               np.empty(lead + (2, 2, n_q * n_chi)))
-    kernel = fit_batch_parallel if parallel else fit_batch_serial
-    kernel(counts, var, expo, off, poisson, q_points, chi_points, q_var, chi_var, var_q, var_chi,
-           at_points, q, chi, low, high, int(settings.max_iterations), float(settings.ftol),
-           float(settings.xtol), float(settings.min_significance),
-           float(settings.edge_margin_bins), int(settings.min_valid_bins), params, errors, status,
-           chi2_reduced, n_iterations, raw_params, initial, *scratch)
+    prepared = PreparedFit(counts.shape, q_centres_nm, chi_centres_deg, poisson=exposure is not None,
+                           points=points, broadening=broadening, lower=lower, upper=upper,
+                           settings=settings, parallel=parallel)
+    prepared.run(counts, variance, params, errors, status, chi2_reduced, n_iterations,
+                 exposure=exposure, offset=offset, raw_params=raw_params, initial=initial)
 
 
 def fit_windows(mean_counts, variance, q_centres_nm, chi_centres_deg, lower=None, upper=None, *,

@@ -26,11 +26,11 @@ or gap, whose pixels sit to one side, are kept: leaving them out loses more than
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.gauss2d_fit import FitSettings, fit_windows_into
+from analysis.gauss2d_fit import FitSettings, PreparedFit, fit_windows
 from analysis.geometry import DetectorGeometry, pixel_q_chi
 from analysis.gauss2d_model import (I_CHI0, I_I0, I_Q0, I_SCHI, I_SQ, N_PARAMS, fwhm_from_sigma,
                                     model_and_jacobian)
@@ -99,20 +99,36 @@ def bin_pixel_moments(table: PolarTable, geometry: DetectorGeometry):
     return tuple(a.reshape(table.bins_shape) for a in (q_mean, chi_mean, q_var, chi_var))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class _Group:
+    """Windows of one size, fitted together (their static inputs in table order)."""
+
     windows: np.ndarray  # int64 window indices
     n_q: int
     n_chi: int
     q_centres_nm: np.ndarray  # (n, n_q)
     chi_centres_deg: np.ndarray  # (n, n_chi)
-    params: np.ndarray
-    errors: np.ndarray
-    status: np.ndarray
-    chi2_reduced: np.ndarray
-    n_iterations: np.ndarray
     points: tuple[np.ndarray, np.ndarray] | None  # (q, chi) per bin, (n, n_q, n_chi)
     broadening: tuple[np.ndarray, np.ndarray] | None  # (var_q, var_chi) per bin
+    prepared: dict = field(default_factory=dict)  # n_frames -> (PreparedFit, outputs)
+
+    def batch(self, n_frames: int, settings: FitSettings):
+        """The prepared fit of ``n_frames`` frames' windows (frame-major) and its outputs."""
+        if n_frames not in self.prepared:
+            n = n_frames * self.windows.size
+
+            def tiled(array):
+                return np.tile(array, (n_frames,) + (1,) * (array.ndim - 1))
+
+            prepared = PreparedFit(
+                (n, self.n_q, self.n_chi), tiled(self.q_centres_nm), tiled(self.chi_centres_deg),
+                poisson=True, points=None if self.points is None else tuple(map(tiled, self.points)),
+                broadening=None if self.broadening is None else tuple(map(tiled, self.broadening)),
+                settings=settings)
+            outputs = (np.empty((n, N_PARAMS)), np.empty((n, N_PARAMS)), np.empty(n, np.int32),
+                       np.empty(n), np.empty(n, np.int32))
+            self.prepared[n_frames] = prepared, outputs
+        return self.prepared[n_frames]
 
 
 class PeakWindowFitter:
@@ -128,6 +144,11 @@ class PeakWindowFitter:
         and footprint, and windows with fewer than :data:`CENTROID_MAX_PIXELS_PER_BIN` pixels
         per bin are modelled at their bins' pixel centroids (:func:`bin_pixel_moments`);
         without it at the bin centres, unbroadened.
+
+    Attributes
+    ----------
+    last_params : ndarray of float64, shape (n_windows, 7)
+        Fitter parameters of the last frame of the last :meth:`fit` (NaN unless OK).
     """
 
     def __init__(self, table: PolarTable, settings: FitSettings | None = None,
@@ -142,7 +163,6 @@ class PeakWindowFitter:
         self.groups = []
         for (n_q, n_chi), windows in sizes.items():
             index = np.asarray(windows, dtype=np.int64)
-            n = len(index)
             pixels = table.pixel_count_valid[index, :n_q, :n_chi]
             few = any(np.median(p[p > 0]) < CENTROID_MAX_PIXELS_PER_BIN for p in pixels if (p > 0).any())
             points = broadening = None
@@ -154,25 +174,24 @@ class PeakWindowFitter:
                 windows=index, n_q=n_q, n_chi=n_chi,
                 q_centres_nm=np.ascontiguousarray(table.q_centres_nm[index, :n_q]),
                 chi_centres_deg=np.ascontiguousarray(table.chi_centres_deg[index, :n_chi]),
-                params=np.empty((n, N_PARAMS)), errors=np.empty((n, N_PARAMS)),
-                status=np.empty(n, np.int32), chi2_reduced=np.empty(n), n_iterations=np.empty(n, np.int32),
                 points=points, broadening=broadening,
             ))
         self.pixel_area = table.pixel_area_per_bin
+        self.last_params = np.full((table.n_windows, N_PARAMS), np.nan)
 
     def fit(self, mean_counts: np.ndarray, variance: np.ndarray, n_saturated: np.ndarray | None = None,
             max_saturated_pixels: int = 0, *, n_valid: np.ndarray | None = None,
             sum_counts: np.ndarray | None = None) -> PeakFits:
-        """Fit every window.
+        """Fit every window of one frame or of a batch of frames (one kernel call per window size).
 
         Parameters
         ----------
-        mean_counts, variance : ndarray of float64, shape (n_windows, n_q, n_chi)
+        mean_counts, variance : ndarray of float64, shape (..., n_windows, n_q, n_chi)
             Background-subtracted mean counts per pixel and their variance (regroup output);
-            divided by the pixel areas here.
-        n_saturated : ndarray of int32, shape (n_windows,), optional
+            divided by the pixel areas here. Leading axes: frames.
+        n_saturated : ndarray of int32, shape (..., n_windows), optional
             Saturated pixels per window; more than ``max_saturated_pixels`` gives SATURATED.
-        n_valid, sum_counts : ndarray, shape (n_windows, n_q, n_chi), optional
+        n_valid, sum_counts : ndarray, shape (..., n_windows, n_q, n_chi), optional
             Pixels (or pixel-frames) summed in each bin and their raw counts (regroup output).
             Given: Poisson maximum-likelihood fits (the photons of bin i are ``sum_counts``,
             the subtracted background ``sum_counts / n_valid - mean_counts`` per pixel). Not
@@ -182,11 +201,15 @@ class PeakWindowFitter:
         Returns
         -------
         PeakFits
-            One entry per window in table order; I0 in photons.
+            Arrays of shape (..., n_windows) in table order; I0 in photons.
         """
+        mean_counts = np.asarray(mean_counts)
+        lead = mean_counts.shape[:-3]
+        n_frames = int(np.prod(lead, dtype=np.int64))
+        bins = self.table.bins_shape
         n = self.table.n_windows
-        density = mean_counts / self.pixel_area
-        density_variance = variance / self.pixel_area**2
+        density = (mean_counts / self.pixel_area).reshape((n_frames,) + bins)
+        density_variance = (np.asarray(variance) / self.pixel_area**2).reshape((n_frames,) + bins)
         poisson = n_valid is not None
         if poisson != (sum_counts is not None):
             raise ValueError("n_valid and sum_counts go together (both or neither)")
@@ -196,30 +219,42 @@ class PeakWindowFitter:
                 exposure = np.where(pixels > 0, pixels * self.pixel_area, 0.0)
                 offset = np.where(pixels > 0, (sum_counts / np.maximum(pixels, 1.0) - mean_counts)
                                   / self.pixel_area, 0.0)
-            exposure = np.where(np.isfinite(exposure), exposure, 0.0)
-            offset = np.where(np.isfinite(offset), offset, 0.0)
-        params = np.full((n, N_PARAMS), np.nan)
-        errors = np.full((n, N_PARAMS), np.nan)
-        status = np.empty(n, np.int32)
+            exposure = np.where(np.isfinite(exposure), exposure, 0.0).reshape((n_frames,) + bins)
+            offset = np.where(np.isfinite(offset), offset, 0.0).reshape((n_frames,) + bins)
+        params = np.full((n_frames, n, N_PARAMS), np.nan)
+        errors = np.full((n_frames, n, N_PARAMS), np.nan)
+        status = np.empty((n_frames, n), np.int32)
         for group in self.groups:
             def part(array):
-                return np.ascontiguousarray(array[group.windows, :group.n_q, :group.n_chi])
+                return array[:, group.windows, :group.n_q, :group.n_chi].reshape(-1, group.n_q, group.n_chi)
 
-            fit_windows_into(part(density), part(density_variance), group.q_centres_nm,
-                             group.chi_centres_deg, group.params, group.errors, group.status,
-                             group.chi2_reduced, group.n_iterations,
-                             exposure=part(exposure) if poisson else None,
-                             offset=part(offset) if poisson else None, points=group.points,
-                             broadening=group.broadening, settings=self.settings)
-            params[group.windows] = group.params
-            errors[group.windows] = group.errors
-            status[group.windows] = group.status
+            if poisson:
+                prepared, (g_params, g_errors, g_status, g_chi2, g_iterations) = group.batch(
+                    n_frames, self.settings)
+                prepared.run(part(density), part(density_variance), g_params, g_errors, g_status, g_chi2,
+                             g_iterations, exposure=part(exposure), offset=part(offset))
+            else:  # least squares: the rare path of callers without raw counts
+                fitted = fit_windows(part(density), part(density_variance),
+                                     np.tile(group.q_centres_nm, (n_frames, 1)),
+                                     np.tile(group.chi_centres_deg, (n_frames, 1)),
+                                     points=_tile_pair(group.points, n_frames),
+                                     broadening=_tile_pair(group.broadening, n_frames),
+                                     settings=self.settings)
+                g_params, g_errors, g_status = fitted.params, fitted.errors, fitted.status
+            shape = (n_frames, group.windows.size)
+            params[:, group.windows] = g_params.reshape(shape + (N_PARAMS,))
+            errors[:, group.windows] = g_errors.reshape(shape + (N_PARAMS,))
+            status[:, group.windows] = g_status.reshape(shape)
+        if n_frames:
+            self.last_params[...] = params[-1]
         outside = self.table.window_status != Status.OK
-        status[outside] = self.table.window_status[outside]
+        status[:, outside] = self.table.window_status[outside]
         if n_saturated is not None:
             # a window with overloads cannot be trusted whatever its fit says
-            status[(n_saturated > max_saturated_pixels) & ~outside] = Status.SATURATED
-        return self._peak_fits(params, errors, status)
+            saturated = np.asarray(n_saturated).reshape(n_frames, n) > max_saturated_pixels
+            status[saturated & ~outside] = Status.SATURATED
+        return self._peak_fits(params.reshape(lead + (n, N_PARAMS)), errors.reshape(lead + (n, N_PARAMS)),
+                               status.reshape(lead + (n,)))
 
     def window_model(self, window: int, params) -> np.ndarray:
         """The fitted model of one window as the fit saw it (at the bins' points, with their
@@ -240,19 +275,24 @@ class PeakWindowFitter:
 
     def _peak_fits(self, params: np.ndarray, errors: np.ndarray, status: np.ndarray) -> PeakFits:
         ok = status == Status.OK
-        params = np.where(ok[:, None], params, np.nan)
-        errors = np.where(ok[:, None], errors, np.nan)
+        params = np.where(ok[..., None], params, np.nan)
+        errors = np.where(ok[..., None], errors, np.nan)
         return PeakFits(
             names=self.table.peak_names,
-            i0=params[:, I_I0],
-            q0_nm=params[:, I_Q0],
-            chi0_deg=params[:, I_CHI0],
-            fwhm_q_nm=fwhm_from_sigma(params[:, I_SQ]),
-            fwhm_chi_deg=fwhm_from_sigma(params[:, I_SCHI]),
+            i0=params[..., I_I0],
+            q0_nm=params[..., I_Q0],
+            chi0_deg=params[..., I_CHI0],
+            fwhm_q_nm=fwhm_from_sigma(params[..., I_SQ]),
+            fwhm_chi_deg=fwhm_from_sigma(params[..., I_SCHI]),
             status=status,
-            i0_err=errors[:, I_I0],
-            q0_err_nm=errors[:, I_Q0],
-            chi0_err_deg=errors[:, I_CHI0],
-            fwhm_q_err_nm=fwhm_from_sigma(errors[:, I_SQ]),
-            fwhm_chi_err_deg=fwhm_from_sigma(errors[:, I_SCHI]),
+            i0_err=errors[..., I_I0],
+            q0_err_nm=errors[..., I_Q0],
+            chi0_err_deg=errors[..., I_CHI0],
+            fwhm_q_err_nm=fwhm_from_sigma(errors[..., I_SQ]),
+            fwhm_chi_err_deg=fwhm_from_sigma(errors[..., I_SCHI]),
         )
+
+
+def _tile_pair(pair, n_frames: int):
+    """A (q, chi) pair of per-window arrays repeated for ``n_frames`` frames (None stays None)."""
+    return None if pair is None else tuple(np.tile(a, (n_frames, 1, 1)) for a in pair)

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--poni")
     worker.add_argument("--peaks")
     worker.add_argument("--background")
-    worker.add_argument("--credits", type=int, default=3, help="frames in flight to this worker")
+    worker.add_argument("--credits", type=int, help="frames in flight to this worker (default: the batch size)")
+    worker.add_argument("--max-batch", type=int,
+                        help="frames analysed together at most when they queue up (default 8; 1: one by one)")
     return parser
 
 
@@ -434,10 +436,15 @@ def command_serve(args) -> int:
 
 
 def command_worker(args) -> int:
-    from stream.worker import WorkerConfig, run_worker_process
+    from stream.worker import DEFAULT_MAX_BATCH, WorkerConfig, run_worker_process
 
     setup = _setup_from(args)
-    run_worker_process(WorkerConfig(args.work_endpoint, args.collector_endpoint, setup, credits=args.credits))
+    max_batch = DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch
+    credits = max_batch if args.credits is None else args.credits
+    if credits < 1 or max_batch < 1:
+        raise SystemExit("braggmap worker: --credits and --max-batch must be >= 1")
+    run_worker_process(WorkerConfig(args.work_endpoint, args.collector_endpoint, setup, credits=credits,
+                                    max_batch=max_batch))
     return 0
 
 

@@ -14,7 +14,6 @@ import time
 import numpy as np
 
 from analysis.frame_analysis import INVALID_VALUES, FrameAnalyzer
-from analysis.gauss2d_model import N_PARAMS
 from analysis.peak_fits import PEAK_ERRORS, PEAK_QUANTITIES, PeakFits
 from analysis.peak_pixels import ellipse_q_chi, pixel_of_q_chi, rectangle_q_chi
 from analysis.status import reason
@@ -34,10 +33,7 @@ def _points(rows: np.ndarray, cols: np.ndarray) -> dict:
 
 def raw_window_params(analyzer: FrameAnalyzer) -> np.ndarray:
     """Fitter parameters (n_windows, 7) of the last fit of ``analyzer.fitter``, table order."""
-    params = np.full((analyzer.table.n_windows, N_PARAMS), np.nan)
-    for group in analyzer.fitter.groups:
-        params[group.windows] = group.params
-    return params
+    return analyzer.fitter.last_params.copy()
 
 
 def excluded_pixels(frame: np.ndarray, pixel_mask: np.ndarray | None) -> np.ndarray:

@@ -26,7 +26,7 @@ from stream.run_placement import DocumentPlacement
 from stream.documents import DocumentReceiver
 from stream.ingest import Ingest
 from stream.steering_server import SteeringServer
-from stream.worker import WorkerConfig, run_worker_process
+from stream.worker import DEFAULT_CREDITS, DEFAULT_MAX_BATCH, WorkerConfig, run_worker_process
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class ServiceConfig:
     max_queue: int = 64
     series_timeout_s: float = 30.0
     results_timeout_s: float = 30.0
-    worker_credits: int = 3
+    worker_credits: int = DEFAULT_CREDITS
+    worker_max_batch: int = DEFAULT_MAX_BATCH  # frames a worker analyses together when they queue up
     grid: ScanGrid | None = None
     ready_timeout_s: float = 180.0
     documents_endpoint: str | None = None  # a beamline's stream.document_log.DocumentLog: maps on run grids
@@ -138,6 +139,7 @@ class Service:
                 collector_endpoint=self.collector.endpoint,
                 setup=config.setup,
                 credits=config.worker_credits,
+                max_batch=config.worker_max_batch,
                 name=f"worker-{index}",
             )
             process = context.Process(target=run_worker_process, args=(worker_config,),

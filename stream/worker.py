@@ -14,7 +14,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
@@ -27,6 +27,14 @@ from stream.codecs import decompress
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_BATCH = 8
+"""Frames a worker analyses together at most: only frames already waiting are batched (a
+lone frame is analysed at once), so batches form only when the worker falls behind, where
+fitting and deriving once per batch raises its rate; a frame's latency grows by at most the
+batch's analysis time."""
+DEFAULT_CREDITS = DEFAULT_MAX_BATCH
+"""Frames in flight to one worker (a batch needs that many waiting)."""
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -35,8 +43,9 @@ class WorkerConfig:
     work_endpoint: str
     collector_endpoint: str
     setup: AnalysisSetup
-    credits: int = 3
+    credits: int = DEFAULT_CREDITS
     name: str = ""
+    max_batch: int = DEFAULT_MAX_BATCH
 
 
 class Worker:
@@ -70,20 +79,41 @@ class Worker:
             while not self._stop.is_set():
                 if not dealer.poll(100, zmq.POLLIN):
                     continue
-                parts = dealer.recv_multipart(copy=False)
-                kind = bytes(parts[0].buffer)
-                if kind == wire.SERIES:
-                    self._on_series(parts, results)
-                elif kind == wire.SERIES_END:
-                    results.send_multipart(self._average(parts))
-                elif kind == wire.FRAME:
-                    results.send_multipart(self._on_frame(parts))
-                    dealer.send_multipart([wire.CREDIT])
-                else:
-                    log.warning("worker %s: ignoring message of kind %r", self.name, kind)
+                waiting = [dealer.recv_multipart(copy=False)]
+                # batch what is already queued (never wait for more), up to max_batch frames
+                while (len(waiting) < max(1, self.config.max_batch)
+                       and bytes(waiting[-1][0].buffer) == wire.FRAME and dealer.poll(0, zmq.POLLIN)):
+                    waiting.append(dealer.recv_multipart(copy=False))
+                self._handle(waiting, dealer, results)
         finally:
             dealer.close(linger=0)
             results.close()
+
+    def _handle(self, messages, dealer, results) -> None:
+        """Handle received messages in order; consecutive frames are analysed as one batch."""
+        frames = []
+        for parts in messages:
+            kind = bytes(parts[0].buffer)
+            if kind == wire.FRAME:
+                frames.append(parts)
+                continue
+            self._flush(frames, dealer, results)
+            frames = []
+            if kind == wire.SERIES:
+                self._on_series(parts, results)
+            elif kind == wire.SERIES_END:
+                results.send_multipart(self._average(parts))
+            else:
+                log.warning("worker %s: ignoring message of kind %r", self.name, kind)
+        self._flush(frames, dealer, results)
+
+    def _flush(self, frames, dealer, results) -> None:
+        """Analyse a batch of frame messages, send one result and one credit per frame."""
+        if not frames:
+            return
+        for result in self._on_frames(frames):
+            results.send_multipart(result)
+            dealer.send_multipart([wire.CREDIT])
 
     def _on_series(self, parts, results) -> None:
         try:
@@ -111,44 +141,96 @@ class Worker:
         return parts
 
     def _on_frame(self, parts) -> list[bytes]:
-        """Analyse one frame; the result's ``error`` says why it failed, and ``undecodable``
-        whether its payload could not be decompressed (a frame the accounting must count)."""
-        started_ns = time.time_ns()
-        meta: dict = {}
-        error = None
-        undecodable = False
+        """Analyse one frame (see :meth:`_on_frames`)."""
+        return self._on_frames([parts])[0]
+
+    def _on_frames(self, batch) -> list[list[bytes]]:
+        """Analyse frames into one result each; a result's ``error`` says why its frame failed,
+        and ``undecodable`` whether its payload could not be decompressed (a frame the
+        accounting must count). Frames that decode are analysed together; one that breaks the
+        batch is retried alone, so it fails without taking the others with it."""
         n_params = len(self.analyzers.parameter_names)
-        values = np.full(n_params, np.nan)
-        statuses = np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32)
-        try:
-            meta, payload = wire.decode_frame(parts)
-            if self.analyzer is None:
-                raise BraggmapError(self.series_problem or "no analyzer for this series")
+        records = []
+        for parts in batch:
+            record = _FrameRecord(started_ns=time.time_ns(), values=np.full(n_params, np.nan),
+                                  statuses=np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32))
+            records.append(record)
             try:
-                # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
-                frame = decompress(payload, meta["compression"], meta["dtype"], meta["shape"])
-            except BraggmapError:
-                statuses[:] = Status.UNDECODABLE
-                undecodable = True  # the collector counts it in the series' frame accounting
-                raise
-            self.analyzer.analyse(frame, values, statuses, saturation_value=self.saturation_value)
-        except BraggmapError as exc:
-            error = str(exc)
-        except Exception as exc:  # never let one frame kill the worker
-            log.exception("worker %s: frame analysis failed", self.name)
-            error = f"{type(exc).__name__}: {exc}"
-        self.frames_done += 1
+                record.meta, payload = wire.decode_frame(parts)
+                if self.analyzer is None:
+                    raise BraggmapError(self.series_problem or "no analyzer for this series")
+                try:
+                    # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
+                    record.frame = decompress(payload, record.meta["compression"], record.meta["dtype"],
+                                              record.meta["shape"])
+                except BraggmapError:
+                    record.statuses[:] = Status.UNDECODABLE
+                    record.undecodable = True
+                    raise
+            except Exception as exc:
+                record.fail(exc, self.name)
+        ready = [r for r in records if r.frame is not None]  # only when there is an analyzer
+        capacity = self.analyzer.batch.capacity if ready else 1
+        for start in range(0, len(ready), capacity):
+            self._analyse(ready[start:start + capacity])
+        self.frames_done += len(records)
+        return [self._result(record) for record in records]
+
+    def _analyse(self, records) -> None:
+        if not records:
+            return
+        n_params = records[0].values.size
+        values = np.empty((len(records), n_params))
+        statuses = np.empty((len(records), n_params), np.int32)
+        try:
+            self.analyzer.analyse_batch([r.frame for r in records], values, statuses,
+                                        saturation_value=self.saturation_value)
+        except Exception as exc:
+            if len(records) > 1:  # find the frame at fault: each alone
+                for record in records:
+                    self._analyse([record])
+            else:
+                records[0].fail(exc, self.name)
+            return
+        for record, v, s in zip(records, values, statuses):
+            record.values[:] = v
+            record.statuses[:] = s
+
+    def _result(self, record: "_FrameRecord") -> list[bytes]:
+        meta = record.meta
         out = {
             "series_id": meta.get("series_id"),
             "frame_index": meta.get("frame_index"),
             "received_ns": meta.get("received_ns"),
-            "started_ns": started_ns,
+            "started_ns": record.started_ns,
             "done_ns": time.time_ns(),
             "worker": self.name,
-            "error": error,
-            "undecodable": undecodable,
+            "error": record.error,
+            "undecodable": record.undecodable,
         }
-        return wire.encode_result(out, values, statuses)
+        return wire.encode_result(out, record.values, record.statuses)
+
+
+@dataclass(eq=False)
+class _FrameRecord:
+    """One frame of a batch on its way through the worker."""
+
+    started_ns: int
+    values: np.ndarray
+    statuses: np.ndarray
+    meta: dict = field(default_factory=dict)
+    frame: np.ndarray | None = None
+    error: str | None = None
+    undecodable: bool = False
+
+    def fail(self, exc: Exception, worker: str) -> None:
+        """Record why the frame failed (its statuses already say how)."""
+        self.frame = None
+        if isinstance(exc, BraggmapError):
+            self.error = str(exc)
+        else:  # never let one frame kill the worker
+            log.error("worker %s: frame analysis failed", worker, exc_info=exc)
+            self.error = f"{type(exc).__name__}: {exc}"
 
 
 def _series_id(parts) -> int | None:

@@ -136,3 +136,36 @@ def test_nan_pixels_in_float_frames(setup):
 def test_wrong_frame_shape_is_a_geometry_error(setup):
     with pytest.raises(GeometryError, match="frame shape"):
         analyse(setup["analyzer"], np.zeros((100, 100), np.uint32))
+
+
+def test_a_batch_gives_exactly_the_results_of_frame_by_frame_analysis(setup):
+    """Fits and physics run once per batch; every frame still gets its own numbers and statuses
+    bit for bit, bad frames included (all NODATA, a saturated peak), and the average pattern
+    receives every frame once."""
+    analyzer, frame = setup["analyzer"], setup["frame"]
+    scan = setup["scan"]
+    dark = np.full_like(frame, NODATA)
+    saturated = frame.copy()
+    saturated.reshape(-1)[window_pixels(analyzer, "waxs_010")[:50]] = 10**6
+    outside = scan.frame(0)
+    frames = [frame, dark, saturated, outside, frame]
+    n, n_params = len(frames), len(analyzer.parameter_names)
+    one_by_one = np.empty((n, n_params)), np.empty((n, n_params), np.int32)
+    analyzer.average.reset()
+    for k, f in enumerate(frames):
+        analyzer.analyse(f, one_by_one[0][k], one_by_one[1][k], saturation_value=10**5)
+    single_average = analyzer.average.signal_sum.copy(), analyzer.average.n_frames
+    analyzer.average.reset()
+    batched = np.full((n, n_params), -1.0), np.full((n, n_params), -1, np.int32)
+    analyzer.analyse_batch(frames, *batched, saturation_value=10**5)
+    assert np.array_equal(batched[0], one_by_one[0], equal_nan=True)
+    assert np.array_equal(batched[1], one_by_one[1])
+    statuses = dict(zip(analyzer.parameter_names, batched[1][2]))
+    assert statuses["waxs_010.q0_nm"] == Status.SATURATED
+    dark_statuses = dict(zip(analyzer.parameter_names, batched[1][1]))
+    assert all(dark_statuses[name] != Status.OK for name in ("saxs_intensity", "saxs_1.q0_nm", "a1_nm"))
+    assert analyzer.average.n_frames == single_average[1] == n
+    assert np.array_equal(analyzer.average.signal_sum, single_average[0], equal_nan=True)
+    analyzer.average.reset()
+    with pytest.raises(ValueError, match="batch holds"):
+        analyzer.analyse_regrouped(analyzer.batch.capacity + 1, *batched)

@@ -1,0 +1,112 @@
+"""A worker analyses the frames already queued for it as one batch: same results as one by one,
+one result and one credit per frame in order, and a frame that breaks the batch fails alone.
+
+The worker runs in a thread against real ZeroMQ sockets on 127.0.0.1 (a ROUTER standing in for
+the ingest, a PULL for the collector) on the small test detector.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from analysis.status import Status
+from stream import wire
+from stream.codecs import compress
+from stream.messages import ImageFrame
+from stream.worker import Worker, WorkerConfig
+from tests.small_detector import SHAPE, flat_frame, write_setup
+
+TIMEOUT_MS = 20_000
+
+
+def frame_message(index: int, frame: np.ndarray | None = None, payload: bytes | None = None) -> list:
+    frame = flat_frame(index) if frame is None else frame
+    payload = compress(frame, "bslz4") if payload is None else payload
+    image = ImageFrame(series_id=1, frame_index=index, shape=frame.shape, dtype="uint32",
+                       compression="bslz4", payload=payload, elem_size=4)
+    return wire.encode_frame(image, received_ns=0)
+
+
+@pytest.fixture
+def worker_sockets(tmp_path):
+    setup = write_setup(tmp_path)
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    pull = context.socket(zmq.PULL)
+    for socket in (router, pull):
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
+    work = router.bind_to_random_port("tcp://127.0.0.1")
+    results = pull.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    worker = Worker(WorkerConfig(f"tcp://127.0.0.1:{work}", f"tcp://127.0.0.1:{results}", setup,
+                                 credits=8, max_batch=4, name="batch-test"), context=context, stop=stop)
+    yield worker, router, pull, stop
+    stop.set()
+    router.close()
+    pull.close()
+    context.term()
+
+
+def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
+    worker, router, pull, stop = worker_sockets
+    analyzer = worker.analyzers.default()
+    reference = analyzer  # same cached object the worker analyses with
+    n_params = len(analyzer.parameter_names)
+    expected = {}
+    for index in (0, 1, 2, 4, 6):
+        values, statuses = np.empty(n_params), np.empty(n_params, np.int32)
+        reference.analyse(flat_frame(index), values, statuses, accumulate=False)
+        expected[index] = values, statuses
+    reference.average.reset()
+
+    batch_sizes = []
+    armed, release = threading.Event(), threading.Event()  # armed once the warm-up is over
+    original = analyzer.analyse_batch
+
+    def recording(frames, *args, **kwargs):
+        if armed.is_set():
+            batch_sizes.append(len(frames))
+            release.wait(TIMEOUT_MS / 1000)  # hold the first batch until every frame is queued
+        return original(frames, *args, **kwargs)
+
+    analyzer.analyse_batch = recording
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    identity, kind, ready = router.recv_multipart()
+    assert kind == wire.READY and wire.loads(ready)["credits"] == 8
+    armed.set()
+
+    truncated = compress(flat_frame(3), "bslz4")[:-40]
+    wrong_shape = np.full((SHAPE[0], SHAPE[1] - 2), 5, np.uint32)
+    messages = [frame_message(0), frame_message(1), frame_message(2), frame_message(3, payload=truncated),
+                frame_message(4), frame_message(5, frame=wrong_shape), frame_message(6)]
+    for parts in messages:
+        router.send_multipart([identity, *parts])
+    release.set()
+
+    results = [wire.decode_result(pull.recv_multipart()) for _ in messages]
+    credits = [router.recv_multipart() for _ in messages]
+    stop.set()
+    thread.join(10)
+
+    assert [meta["frame_index"] for meta, _, _ in results] == list(range(7))
+    assert all(parts[1] == wire.CREDIT for parts in credits)
+    assert max(batch_sizes) > 1 and sum(batch_sizes) >= 6  # frames waited and went together
+    for meta, values, statuses in results:
+        index = meta["frame_index"]
+        if index in expected:
+            assert meta["error"] is None
+            assert np.array_equal(values, expected[index][0], equal_nan=True)
+            assert np.array_equal(statuses, expected[index][1])
+    meta, values, statuses = results[3]
+    assert meta["undecodable"] and "truncated" in meta["error"]
+    assert np.all(statuses == Status.UNDECODABLE) and np.all(np.isnan(values))
+    meta, values, statuses = results[5]
+    assert not meta["undecodable"] and "shape" in meta["error"]
+    assert np.all(statuses == Status.INVALID_INPUT) and np.all(np.isnan(values))
+    assert worker.frames_done == len(messages)
