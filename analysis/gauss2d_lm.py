@@ -30,7 +30,8 @@ Algorithm (``fit_window_kernel``)
   inside the bounds.
 * Each iteration solves the damped normal equations ``(J^T W J + lambda D) delta = J^T W r``
   (7 x 7, hand-written Cholesky) with Marquardt's scaling ``D`` = running maximum of
-  ``diag(J^T W J)``. ``lambda`` starts at 1e-3, is divided by 10 after an accepted step
+  ``diag(J^T W J)``. ``lambda`` starts at 0.1 (at 1e-3 the first two steps from the moment guess were
+  rejected on most WAXS windows), is divided by 10 after an accepted step
   (one that does not raise the merit) and multiplied by 10 after a rejected one.
 * Bounds by projection: a parameter at a bound whose gradient points outward is held for that
   step (its row and column are removed from the system), the trial point is clipped into the
@@ -77,7 +78,7 @@ from analysis.gauss2d_model import (N_PARAMS, normal_equations_kernel,
                                     poisson_normal_equations_kernel)
 from analysis.peak_guess import guess_peak_kernel
 
-LAMBDA_START = 1e-3
+LAMBDA_START = 0.1
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e16
 PIVOT_RELATIVE_TOLERANCE = 1e-13
