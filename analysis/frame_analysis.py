@@ -159,24 +159,27 @@ class FrameAnalyzer:
         return self.saturation_override if self.saturation_override is not None else saturation_value
 
     def analyse_regrouped(self, n_frames: int, values: np.ndarray, statuses: np.ndarray,
-                          accumulate: bool = True) -> None:
-        """Fit and derive the first ``n_frames`` regrouped slots into ``values`` / ``statuses``
-        of shape (n_frames, n_parameters) (float64 / int32, caller-owned)."""
-        if not 1 <= n_frames <= self.batch.capacity:
-            raise ValueError(f"a batch holds 1 to {self.batch.capacity} frames, got {n_frames}")
+                          accumulate: bool = True, first: int = 0) -> None:
+        """Fit and derive the regrouped slots ``first .. first + n_frames - 1`` into ``values`` /
+        ``statuses`` of shape (n_frames, n_parameters) (float64 / int32, caller-owned); the
+        slots go into the average pattern only once they are analysed."""
+        if not (1 <= n_frames and 0 <= first and first + n_frames <= self.batch.capacity):
+            raise ValueError(f"a batch holds 1 to {self.batch.capacity} frames, got slots {first} to "
+                             f"{first + n_frames - 1}")
         batch = self.batch
-        if accumulate:
-            for k in range(n_frames):
-                self.average.add(batch.slots[k])
-        fits = self.fitter.fit(batch.mean_counts[:n_frames], batch.variance[:n_frames],
-                               batch.n_saturated[:n_frames], self.max_saturated_pixels,
-                               n_valid=batch.n_valid[:n_frames], sum_counts=batch.sum_counts[:n_frames])
-        saxs_intensity = batch.saxs_intensity(n_frames)
+        used = slice(first, first + n_frames)
+        fits = self.fitter.fit(batch.mean_counts[used], batch.variance[used], batch.n_saturated[used],
+                               self.max_saturated_pixels, n_valid=batch.n_valid[used],
+                               sum_counts=batch.sum_counts[used])
+        saxs_intensity = batch.saxs_intensity(first + n_frames)[used]
         saxs_status = np.where(np.isfinite(saxs_intensity), int(Status.OK), int(Status.TOO_FEW_POINTS))
         saxs = ({"saxs_intensity": saxs_intensity}, {"saxs_intensity": saxs_status.astype(np.int32)})
         vector, status = map_vectors(self.parameter_names, saxs, *self.derive(fits))
         values[:n_frames] = vector
         statuses[:n_frames] = status
+        if accumulate:
+            for k in range(first, first + n_frames):
+                self.average.add(batch.slots[k])
 
     def fit_regrouped(self, buffers: RegroupBuffers):
         """Poisson maximum-likelihood fits of every window of a regrouped frame (PeakFits)."""

@@ -13,6 +13,11 @@ consecutive pixels cut into segments of one bin: the frame is read contiguously,
 table per segment); :func:`regroup_frame_reference` is the plain NumPy version with the same
 signature and bit for bit the same results, used to test it. Sums accumulate in float64 (or,
 where that is exact, in int64), in the table's entry order.
+
+The inline Numba helpers (``clear_sums``, ``regroup_run``, ``regroup_saxs_run``, ``finish_bins``,
+``saxs_intensity_of`` and the ones they call) and ``regroup_settings`` also
+serve the fused bitshuffle-LZ4 decode + regroup kernel (``stream.bslz4_regroup``), so that both
+give the same results.
 """
 
 from __future__ import annotations
@@ -127,6 +132,150 @@ def _largest(frame_flat, first, length):
     return largest
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def clear_sums(sum_counts, n_valid, n_saturated, n_invalid):
+    """Zero the per-bin sums and counts and the per-window counters (flat arrays)."""
+    for b in range(sum_counts.size):
+        sum_counts[b] = 0.0
+        n_valid[b] = 0
+    for w in range(n_saturated.size):
+        n_saturated[w] = 0
+        n_invalid[w] = 0
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def checked_run(values, first, length, acc, check_invalid, invalid_value, saturation_value, add_weights, weights,
+                weight_first, weight_sum):
+    """Add the usable values of ``values[first:first + length]`` (uint64 indices) to ``acc``,
+    pixel by pixel in order; NaN and ``invalid_value`` (when ``check_invalid``) are skipped.
+    With ``add_weights``, also add ``weights[weight_first + j]`` of every used pixel j to
+    ``weight_sum``, in order (the SAXS background; window segments pass a literal False, so
+    that the branch compiles away there).
+
+    Returns (acc, weight_sum, used, skipped, saturated): the new float64 sums, the pixels
+    added, the pixels skipped as NODATA/NaN and the added pixels above ``saturation_value``.
+    """
+    used = 0
+    skipped = 0
+    saturated = 0
+    for j in range(length):
+        value = np.float64(values[first + np.uint64(j)])
+        if value != value or (check_invalid and value == invalid_value):
+            skipped += 1
+            continue
+        acc += value
+        if add_weights:
+            weight_sum += weights[weight_first + np.uint64(j)]
+        used += 1
+        if value > saturation_value:
+            saturated += 1
+    return acc, weight_sum, used, skipped, saturated
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def checked_segments(values, first, first_segment, end_segment, segment_length, segment_bin, bins_per_window,
+                     check_invalid, invalid_value, saturation_value, sum_counts, n_valid, n_saturated, n_invalid):
+    """Regroup the segments ``first_segment .. end_segment - 1`` of one run, whose first pixel is
+    ``values[first]``, pixel by pixel with every check (:func:`checked_run`) into the flat
+    per-bin sums and counts and the per-window counters (uint64 indices)."""
+    p = first
+    for s in range(first_segment, end_segment):
+        length = np.uint64(segment_length[s])
+        b = np.uint64(segment_bin[s])
+        w = b // bins_per_window
+        sum_counts[b], _, used, skipped, saturated = checked_run(
+            values, p, length, sum_counts[b], check_invalid, invalid_value, saturation_value, False, sum_counts,
+            np.uint64(0), 0.0)
+        n_valid[b] += used
+        n_invalid[w] += skipped
+        n_saturated[w] += saturated
+        p += length
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def add_saxs_background(saxs_background, offset, length, background_sum):
+    """``background_sum`` plus ``saxs_background[offset:offset + length]``, added in order."""
+    for j in range(length):
+        background_sum += saxs_background[offset + np.uint64(j)]
+    return background_sum
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def finish_bins(sum_counts, n_valid, mean_counts, variance, has_background, background_mean, background_scale):
+    """Background-subtracted means and their Poisson variances from the per-bin sums (flat arrays);
+    NaN in the bins without a used pixel."""
+    for b in range(sum_counts.size):
+        n = n_valid[b]
+        if n == 0:
+            mean_counts[b] = np.nan
+            variance[b] = np.nan
+        else:
+            background_sum = background_scale * background_mean[b] * n if has_background else 0.0
+            mean_counts[b] = (sum_counts[b] - background_sum) / n
+            variance[b] = max(sum_counts[b], 1.0) / (np.float64(n) * np.float64(n))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def saxs_intensity_of(saxs_sum, saxs_background_sum, saxs_n_valid, background_scale, saxs_pixel_count_geometric):
+    """Integrated SAXS intensity (NaN without a used pixel), see :class:`RegroupBuffers`."""
+    if saxs_n_valid > 0:
+        return ((saxs_sum - background_scale * saxs_background_sum) / saxs_n_valid
+                * saxs_pixel_count_geometric)
+    return np.nan
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _run_is_clean(values, first, length, integer_sum, need_check, check_invalid, invalid_value, saturation_value):
+    """True when the run ``values[first:first + length]`` (length >= 1) may be summed as integers
+    without checks: ``integer_sum`` and its largest value neither NODATA nor saturated."""
+    if not integer_sum:
+        return False
+    if not need_check:
+        return True
+    top = np.float64(_largest(values, first, length))
+    return top <= saturation_value and not (check_invalid and top >= invalid_value)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def regroup_run(values, first, length, first_segment, end_segment, segment_length, segment_bin, bins_per_window,
+                integer_sum, need_check, check_invalid, invalid_value, saturation_value, sum_counts, n_valid,
+                n_saturated, n_invalid):
+    """Regroup one run of consecutive pixels, ``values[first:first + length]``, cut into the
+    segments ``first_segment .. end_segment - 1``: summed as integers segment by segment when it
+    is clean (:func:`_run_is_clean`), else pixel by pixel with every check."""
+    if _run_is_clean(values, first, length, integer_sum, need_check, check_invalid, invalid_value, saturation_value):
+        p = first
+        for s in range(first_segment, end_segment):
+            segment = np.uint64(segment_length[s])
+            b = np.uint64(segment_bin[s])
+            total = np.uint64(0)
+            for j in range(segment):
+                total += np.uint64(values[p + np.uint64(j)])
+            sum_counts[b] += np.float64(total)
+            n_valid[b] += np.int32(segment)
+            p += segment
+    else:
+        checked_segments(values, first, first_segment, end_segment, segment_length, segment_bin, bins_per_window,
+                         check_invalid, invalid_value, saturation_value, sum_counts, n_valid, n_saturated, n_invalid)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def regroup_saxs_run(values, first, length, offset, saxs_background, has_background, integer_sum, need_check,
+                     check_invalid, invalid_value, saturation_value, saxs_sum, background_sum):
+    """Integrate one run of SAXS pixels, ``values[first:first + length]`` whose first has SAXS
+    ordinal ``offset``, as :func:`regroup_run` does a window run; the background of every used
+    pixel is added in order. Returns (saxs_sum, background_sum, used, skipped, saturated)."""
+    if _run_is_clean(values, first, length, integer_sum, need_check, check_invalid, invalid_value, saturation_value):
+        total = np.uint64(0)
+        for j in range(length):
+            total += np.uint64(values[first + np.uint64(j)])
+        if has_background:
+            background_sum = add_saxs_background(saxs_background, offset, length, background_sum)
+        return saxs_sum + np.float64(total), background_sum, np.int64(length), 0, 0
+    return checked_run(values, first, length, saxs_sum, check_invalid, invalid_value, saturation_value,
+                       has_background, saxs_background, offset, background_sum)
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _regroup_kernel(frame_flat, run_start, run_length, run_first_segment, segment_length, segment_bin,
                     n_bins_per_window, invalid_value, check_invalid, saturation_value, integer_sum, has_background,
@@ -146,62 +295,18 @@ def _regroup_kernel(frame_flat, run_start, run_length, run_first_segment, segmen
     ``has_background``. Returns (saxs_sum, saxs_n_valid, saxs_n_invalid, saxs_n_saturated,
     saxs_intensity). Indices are unsigned so that no negative-index wraparound is compiled in.
     """
-    for b in range(sum_counts.size):
-        sum_counts[b] = 0.0
-        n_valid[b] = 0
-    for w in range(n_saturated.size):
-        n_saturated[w] = 0
-        n_invalid[w] = 0
+    clear_sums(sum_counts, n_valid, n_saturated, n_invalid)
     need_check = check_invalid or saturation_value < np.inf
     bins_per_window = np.uint64(n_bins_per_window)
     n_runs = run_start.size
     for r in range(n_runs):
-        p = np.uint64(run_start[r])
         if r + 1 < n_runs:                       # the frame is read run by run: fetch the next one early
             _prefetch_run(frame_flat, np.uint64(run_start[r + 1]), np.uint64(run_length[r + 1]))
-        clean = integer_sum
-        if integer_sum and need_check:
-            top = np.float64(_largest(frame_flat, p, np.uint64(run_length[r])))
-            clean = top <= saturation_value and not (check_invalid and top >= invalid_value)
-        first_segment, end_segment = np.uint64(run_first_segment[r]), np.uint64(run_first_segment[r + 1])
-        if clean:
-            for s in range(first_segment, end_segment):
-                length = np.uint64(segment_length[s])
-                b = np.uint64(segment_bin[s])
-                total = np.uint64(0)
-                for j in range(length):
-                    total += np.uint64(frame_flat[p + np.uint64(j)])
-                sum_counts[b] += np.float64(total)
-                n_valid[b] += np.int32(length)
-                p += length
-        else:
-            for s in range(first_segment, end_segment):
-                length = np.uint64(segment_length[s])
-                b = np.uint64(segment_bin[s])
-                w = b // bins_per_window
-                acc = sum_counts[b]
-                used = 0
-                for j in range(length):
-                    value = np.float64(frame_flat[p + np.uint64(j)])
-                    if value != value or (check_invalid and value == invalid_value):
-                        n_invalid[w] += 1
-                        continue
-                    acc += value
-                    used += 1
-                    if value > saturation_value:
-                        n_saturated[w] += 1
-                sum_counts[b] = acc
-                n_valid[b] += used
-                p += length
-    for b in range(sum_counts.size):
-        n = n_valid[b]
-        if n == 0:
-            mean_counts[b] = np.nan
-            variance[b] = np.nan
-        else:
-            background_sum = background_scale * background_mean[b] * n if has_background else 0.0
-            mean_counts[b] = (sum_counts[b] - background_sum) / n
-            variance[b] = max(sum_counts[b], 1.0) / (np.float64(n) * np.float64(n))
+        regroup_run(frame_flat, np.uint64(run_start[r]), np.uint64(run_length[r]), np.uint64(run_first_segment[r]),
+                    np.uint64(run_first_segment[r + 1]), segment_length, segment_bin, bins_per_window, integer_sum,
+                    need_check, check_invalid, invalid_value, saturation_value, sum_counts, n_valid, n_saturated,
+                    n_invalid)
+    finish_bins(sum_counts, n_valid, mean_counts, variance, has_background, background_mean, background_scale)
     saxs_sum = 0.0
     saxs_background_sum = 0.0
     saxs_n_valid = 0
@@ -210,40 +315,18 @@ def _regroup_kernel(frame_flat, run_start, run_length, run_first_segment, segmen
     offset = np.uint64(0)                        # SAXS pixel ordinal of the run's first pixel
     n_saxs_runs = saxs_run_start.size
     for r in range(n_saxs_runs):
-        p = np.uint64(saxs_run_start[r])
         length = np.uint64(saxs_run_length[r])
         if r + 1 < n_saxs_runs:
             _prefetch_run(frame_flat, np.uint64(saxs_run_start[r + 1]), np.uint64(saxs_run_length[r + 1]))
-        clean = integer_sum
-        if integer_sum and need_check:
-            top = np.float64(_largest(frame_flat, p, length))
-            clean = top <= saturation_value and not (check_invalid and top >= invalid_value)
-        if clean:
-            total = np.uint64(0)
-            for j in range(length):
-                total += np.uint64(frame_flat[p + np.uint64(j)])
-            saxs_sum += np.float64(total)
-            saxs_n_valid += np.int64(length)
-            if has_background:
-                for j in range(length):
-                    saxs_background_sum += saxs_background[offset + np.uint64(j)]
-        else:
-            for j in range(length):
-                value = np.float64(frame_flat[p + np.uint64(j)])
-                if value != value or (check_invalid and value == invalid_value):
-                    saxs_n_invalid += 1
-                    continue
-                saxs_sum += value
-                if has_background:
-                    saxs_background_sum += saxs_background[offset + np.uint64(j)]
-                saxs_n_valid += 1
-                if value > saturation_value:
-                    saxs_n_saturated += 1
+        saxs_sum, saxs_background_sum, used, skipped, saturated = regroup_saxs_run(
+            frame_flat, np.uint64(saxs_run_start[r]), length, offset, saxs_background, has_background, integer_sum,
+            need_check, check_invalid, invalid_value, saturation_value, saxs_sum, saxs_background_sum)
+        saxs_n_valid += used
+        saxs_n_invalid += skipped
+        saxs_n_saturated += saturated
         offset += length
-    saxs_intensity = np.nan
-    if saxs_n_valid > 0:
-        saxs_intensity = ((saxs_sum - background_scale * saxs_background_sum) / saxs_n_valid
-                          * saxs_pixel_count_geometric)
+    saxs_intensity = saxs_intensity_of(saxs_sum, saxs_background_sum, saxs_n_valid, background_scale,
+                                       saxs_pixel_count_geometric)
     return saxs_sum, saxs_n_valid, saxs_n_invalid, saxs_n_saturated, saxs_intensity
 
 
@@ -255,19 +338,32 @@ def _integer_sums_exact(frame_dtype: np.dtype, table: PolarTable) -> bool:
     return table.max_pixels_per_sum * int(np.iinfo(frame_dtype).max) < 2**53
 
 
-def _prepare(frame, table: PolarTable, invalid_value, saturation_value, background, out):
-    """Validate the arguments; return (flat frame, invalid, check_invalid, saturation, out)."""
-    frame = np.asarray(frame)
-    if frame.dtype.type not in FRAME_DTYPES:
-        raise GeometryError(f"frame dtype {frame.dtype} is not one of uint8/16/32, float32/64")
-    if frame.shape != table.detector_shape:
-        raise GeometryError(f"frame shape {frame.shape} does not match the polar table's detector shape "
-                            f"{table.detector_shape}")
-    if invalid_value is None and frame.dtype.kind == "u":
-        invalid_value = np.iinfo(frame.dtype).max
+def regroup_settings(frame_dtype, table: PolarTable, invalid_value, saturation_value, background, out):
+    """Check the buffers and background for ``table``; resolve the NODATA and saturation values.
+
+    Parameters
+    ----------
+    frame_dtype : numpy dtype
+        Pixel type of the frames (one of ``FRAME_DTYPES``).
+    table, invalid_value, saturation_value, background, out
+        As in :func:`regroup_frame`.
+
+    Returns
+    -------
+    invalid : float
+        The NODATA value, compared in float64 (0.0 when there is none).
+    check_invalid : bool
+    saturation : float
+        ``inf`` when there is no saturation value.
+    out : RegroupBuffers
+        ``out``, or new buffers when it is None.
+    """
+    frame_dtype = np.dtype(frame_dtype)
+    if invalid_value is None and frame_dtype.kind == "u":
+        invalid_value = np.iinfo(frame_dtype).max
     check_invalid = invalid_value is not None
     # Compare in the frame's own dtype (float32(2^32 - 1) is not 2^32 - 1 in float64).
-    invalid = float(frame.dtype.type(invalid_value)) if check_invalid and frame.dtype.kind == "f" else (
+    invalid = float(frame_dtype.type(invalid_value)) if check_invalid and frame_dtype.kind == "f" else (
         float(invalid_value) if check_invalid else 0.0)
     saturation = np.inf if saturation_value is None else float(saturation_value)
     if out is None:
@@ -283,11 +379,37 @@ def _prepare(frame, table: PolarTable, invalid_value, saturation_value, backgrou
             raise GeometryError(f"buffer {name} must be C-contiguous int32 {want}, got {array.dtype} {array.shape}")
     if background is not None:
         background.check_matches(table)
+    return invalid, check_invalid, saturation, out
+
+
+def _prepare(frame, table: PolarTable, invalid_value, saturation_value, background, out):
+    """Validate the arguments; return (flat frame, invalid, check_invalid, saturation, out)."""
+    frame = np.asarray(frame)
+    if frame.dtype.type not in FRAME_DTYPES:
+        raise GeometryError(f"frame dtype {frame.dtype} is not one of uint8/16/32, float32/64")
+    if frame.shape != table.detector_shape:
+        raise GeometryError(f"frame shape {frame.shape} does not match the polar table's detector shape "
+                            f"{table.detector_shape}")
+    invalid, check_invalid, saturation, out = regroup_settings(frame.dtype, table, invalid_value, saturation_value,
+                                                               background, out)
     return frame.reshape(-1), invalid, check_invalid, saturation, out
 
 
 _NO_BACKGROUND = np.zeros(1, dtype=np.float64)
 _NO_BACKGROUND.setflags(write=False)
+
+
+def background_arguments(background: RegroupedBackground | None) -> tuple:
+    """(has_background, mean per bin flat float64, per SAXS pixel float64, scale) for the kernels."""
+    if background is None:
+        return False, _NO_BACKGROUND, _NO_BACKGROUND, 0.0
+    return True, background.mean_per_pixel.reshape(-1), background.saxs_per_pixel, float(background.scale)
+
+
+def store_saxs(out: RegroupBuffers, saxs_sum, saxs_n_valid, saxs_n_invalid, saxs_n_saturated, saxs_intensity) -> None:
+    """Set the SAXS scalars of ``out`` from a kernel's results (as Python floats and ints)."""
+    out.saxs_sum, out.saxs_n_valid, out.saxs_n_invalid, out.saxs_n_saturated, out.saxs_intensity = (
+        float(saxs_sum), int(saxs_n_valid), int(saxs_n_invalid), int(saxs_n_saturated), float(saxs_intensity))
 
 
 def regroup_frame(frame: np.ndarray, table: PolarTable, invalid_value: float | None = None,
@@ -317,19 +439,15 @@ def regroup_frame(frame: np.ndarray, table: PolarTable, invalid_value: float | N
     """
     flat, invalid, check_invalid, saturation, out = _prepare(frame, table, invalid_value, saturation_value,
                                                              background, out)
-    has_background = background is not None
+    has_background, background_mean, saxs_background, background_scale = background_arguments(background)
     result = _regroup_kernel(
         flat, table.run_start, table.run_length, table.run_first_segment, table.segment_length, table.segment_bin,
         np.int64(table.n_bins_per_window),
         invalid, check_invalid, saturation, _integer_sums_exact(flat.dtype, table), has_background,
-        background.mean_per_pixel.reshape(-1) if has_background else _NO_BACKGROUND,
-        table.saxs_run_start, table.saxs_run_length,
-        background.saxs_per_pixel if has_background else _NO_BACKGROUND,
-        float(background.scale) if has_background else 0.0,
+        background_mean, table.saxs_run_start, table.saxs_run_length, saxs_background, background_scale,
         np.float64(table.saxs_pixel_count_geometric), out.sum_counts.reshape(-1), out.n_valid.reshape(-1),
         out.mean_counts.reshape(-1), out.variance.reshape(-1), out.n_saturated, out.n_invalid)
-    out.saxs_sum, out.saxs_n_valid, out.saxs_n_invalid, out.saxs_n_saturated, out.saxs_intensity = (
-        float(result[0]), int(result[1]), int(result[2]), int(result[3]), float(result[4]))
+    store_saxs(out, *result)
     return out
 
 

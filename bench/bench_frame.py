@@ -1,9 +1,10 @@
 """Per-frame cost of the whole analysis on synthetic EIGER X 4M frames, stage by stage.
 
-Prints decode (bitshuffle-LZ4 of a 4M uint32 frame), regroup, fits of all configured peaks,
-derived quantities, and the whole ``FrameAnalyzer.analyse``, plus the reference pipeline a user
-would write with the peer tools (dectris-compression decode, pyFAI integrate2d onto a polar grid
-per peak window, scipy curve_fit of the same peaks) and the ratio. Figures go to BENCHMARKS.md.
+Prints decode (bitshuffle-LZ4 of a 4M uint32 frame), regroup, the fused decode + regroup straight
+from the payload (``stream.bslz4_regroup``), fits of all configured peaks, derived quantities, and
+the whole ``FrameAnalyzer.analyse``, plus the reference pipeline a user would write with the peer
+tools (dectris-compression decode, pyFAI integrate2d onto a polar grid per peak window, scipy
+curve_fit of the same peaks) and the ratio. Figures go to BENCHMARKS.md.
 
 Run: ``.venv/bin/python bench/bench_frame.py [--frames N]``
 """
@@ -47,6 +48,7 @@ def main() -> None:
     from stream.codecs import compress, decompress
     from stream.config_files import load_geometry, load_peak_model
     from stream.bslz4_kernel import BslZ4Decoder
+    from stream.bslz4_regroup import FusedRegroup
 
     scan = SyntheticScan(SyntheticScanConfig())
     inside = np.argwhere(scan.truth.maps["sc_mask"] > 0)
@@ -67,12 +69,16 @@ def main() -> None:
                                                                     analyzer.table.saxs_pixel_index]))
     block_buffer = np.zeros_like(frame)
     block_decoder.decode_blocks(payload, needed_blocks, block_buffer)  # compile
+    fused = FusedRegroup(analyzer.table, np.uint32)
+    fused.warm_up()
     ours = {
         "decode (bitshuffle C, whole frame)": lambda: decompress(payload, "bslz4", "uint32", frame.shape),
         f"decode (Numba, only the table's {needed_blocks.size} of {block_decoder.n_blocks} blocks)": lambda: (
             block_decoder.decode_blocks(payload, needed_blocks, block_buffer)),
         "regroup (Numba, all windows + SAXS region)": lambda: regroup_frame(
             frame, analyzer.table, invalid_value=2**32 - 1, background=analyzer.background, out=analyzer.buffers),
+        "fused decode + regroup (payload -> bins, no frame)": lambda: fused.regroup(
+            payload, invalid_value=2**32 - 1, background=analyzer.background, out=analyzer.buffers),
         "fit all 8 peaks (Numba Poisson LM, batched)": lambda: analyzer.fit_regrouped(analyzer.buffers),
         "analyse (regroup + fits + physics)": lambda: analyzer.analyse(frame, values, statuses, accumulate=False),
     }
@@ -127,6 +133,12 @@ def main() -> None:
     selective = results[selective_name] + results["analyse (regroup + fits + physics)"]
     print(f"  ours       {'selective-block decode + analyse (not used)':52s} {selective:8.2f} ms = "
           f"{1e3 / selective:.0f} frames/s per core ({whole / selective:.2f}x the worker's path)")
+    separate = results["decode (bitshuffle C, whole frame)"] + results["regroup (Numba, all windows + SAXS region)"]
+    fused_ms = results["fused decode + regroup (payload -> bins, no frame)"]
+    n_decoded, n_popcounted, _ = fused.last_blocks
+    print(f"  ours       {'fused decode + regroup vs decode, then regroup':52s} {fused_ms:8.2f} ms vs "
+          f"{separate:.2f} ms ({separate / fused_ms:.1f}x; {n_decoded} blocks decoded, {n_popcounted} without "
+          f"untranspose)")
     full = whole
     print(f"  ratio reference / ours: {reference / full:.1f}x")
 

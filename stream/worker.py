@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from analysis.errors import BraggmapError
+from analysis.errors import BraggmapError, ProtocolError
 from analysis.status import Status
 from stream import wire
 from stream.analysis_setup import AnalysisSetup
+from stream.bslz4_regroup import FUSED_DTYPES, FusedRegroup
 from stream.codecs import decompress
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,12 @@ class Worker:
         self.series_problem: str | None = None
         self.saturation_value: float | None = None
         self.frames_done = 0
+        self._fused: dict = {}  # (id(analyzer), dtype) -> FusedRegroup
 
     def run(self) -> None:
         self.analyzer = self.analyzers.default()
         self.analyzer.warm_up()
+        self._warm_up_fused()
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IDENTITY, self.name.encode())
@@ -115,11 +118,21 @@ class Worker:
             results.send_multipart(result)
             dealer.send_multipart([wire.CREDIT])
 
+    def _warm_up_fused(self) -> None:
+        """Compile the fused decode + regroup and build its block schedule for the analyzer's
+        table, for both EIGER pixel types (before the first frame needs them)."""
+        for dtype in FUSED_DTYPES:
+            fused = self._fused_regroup({"compression": "bslz4", "dtype": dtype.name,
+                                         "shape": self.analyzer.geometry.shape})
+            if fused is not None:
+                fused.warm_up()
+
     def _on_series(self, parts, results) -> None:
         try:
             info, mask = wire.decode_series([p.buffer for p in parts])
             self.analyzer = self.analyzers.for_series(info, mask)
             self.analyzer.average.reset()
+            self._warm_up_fused()
             self.saturation_value = info.saturation_value
             self.series_problem = None
         except BraggmapError as exc:
@@ -149,48 +162,89 @@ class Worker:
         and ``undecodable`` whether its payload could not be decompressed (a frame the
         accounting must count). Frames that decode are analysed together; one that breaks the
         batch is retried alone, so it fails without taking the others with it."""
-        n_params = len(self.analyzers.parameter_names)
-        records = []
-        for parts in batch:
-            record = _FrameRecord(started_ns=time.time_ns(), values=np.full(n_params, np.nan),
-                                  statuses=np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32))
-            records.append(record)
-            try:
-                record.meta, payload = wire.decode_frame(parts)
-                if self.analyzer is None:
-                    raise BraggmapError(self.series_problem or "no analyzer for this series")
-                try:
-                    # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
-                    record.frame = decompress(payload, record.meta["compression"], record.meta["dtype"],
-                                              record.meta["shape"])
-                except BraggmapError:
-                    record.statuses[:] = Status.UNDECODABLE
-                    record.undecodable = True
-                    raise
-            except Exception as exc:
-                record.fail(exc, self.name)
-        ready = [r for r in records if r.frame is not None]  # only when there is an analyzer
+        records = [self._received(parts) for parts in batch]
+        ready = [r for r in records if r.error is None]  # only when there is an analyzer
         capacity = self.analyzer.batch.capacity if ready else 1
         for start in range(0, len(ready), capacity):
-            self._analyse(ready[start:start + capacity])
+            regrouped = []
+            for record in ready[start:start + capacity]:
+                if self._regroup(record, slot=len(regrouped)):
+                    regrouped.append(record)
+            self._analyse(regrouped)
         self.frames_done += len(records)
         return [self._result(record) for record in records]
 
+    def _received(self, parts) -> "_FrameRecord":
+        n_params = len(self.analyzers.parameter_names)
+        record = _FrameRecord(started_ns=time.time_ns(), values=np.full(n_params, np.nan),
+                              statuses=np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32))
+        try:
+            record.meta, record.payload = wire.decode_frame(parts)
+            if self.analyzer is None:
+                raise BraggmapError(self.series_problem or "no analyzer for this series")
+        except Exception as exc:
+            record.fail(exc, self.name)
+        return record
+
+    def _regroup(self, record: "_FrameRecord", slot: int) -> bool:
+        """Decode and regroup one frame into batch slot ``slot``; False (and the record says
+        why) when it cannot be. EIGER's bitshuffle-LZ4 frames of the configured shape are
+        regrouped straight from the payload (``stream.bslz4_regroup``), others decoded first."""
+        analyzer, meta = self.analyzer, record.meta
+        try:
+            fused = self._fused_regroup(meta)
+            try:
+                if fused is not None:
+                    fused.regroup(record.payload, saturation_value=analyzer.saturation_for(self.saturation_value),
+                                  background=analyzer.background, out=analyzer.batch.slots[slot])
+                    return True
+                # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
+                frame = decompress(record.payload, meta["compression"], meta["dtype"], meta["shape"])
+            except ProtocolError:
+                record.statuses[:] = Status.UNDECODABLE
+                record.undecodable = True  # the collector counts it in the series' frame accounting
+                raise
+            analyzer.regroup_into(slot, frame, self.saturation_value)
+            return True
+        except Exception as exc:
+            record.fail(exc, self.name)
+            return False
+
+    def _fused_regroup(self, meta: dict) -> FusedRegroup | None:
+        """The fused decode + regroup of this frame's kind, or None where it does not apply."""
+        try:
+            dtype = np.dtype(meta["dtype"])
+        except TypeError:
+            return None
+        if (meta.get("compression") != "bslz4" or dtype not in FUSED_DTYPES
+                or tuple(meta["shape"]) != tuple(self.analyzer.geometry.shape)):
+            return None
+        key = (id(self.analyzer), dtype)
+        fused = self._fused.get(key)
+        if fused is None or fused.table is not self.analyzer.table:
+            fused = self._fused[key] = FusedRegroup(self.analyzer.table, dtype)
+        return fused if fused.uses_fused_kernel else None
+
     def _analyse(self, records) -> None:
+        """Fit and derive the frames regrouped into slots 0 .. len(records) - 1."""
         if not records:
             return
         n_params = records[0].values.size
         values = np.empty((len(records), n_params))
         statuses = np.empty((len(records), n_params), np.int32)
         try:
-            self.analyzer.analyse_batch([r.frame for r in records], values, statuses,
-                                        saturation_value=self.saturation_value)
+            self.analyzer.analyse_regrouped(len(records), values, statuses)
         except Exception as exc:
-            if len(records) > 1:  # find the frame at fault: each alone
-                for record in records:
-                    self._analyse([record])
-            else:
+            if len(records) == 1:
                 records[0].fail(exc, self.name)
+                return
+            for slot, record in enumerate(records):  # find the frame at fault: each alone
+                try:
+                    self.analyzer.analyse_regrouped(1, values[slot:slot + 1], statuses[slot:slot + 1], first=slot)
+                except Exception as exc:
+                    record.fail(exc, self.name)
+                    continue
+                record.values[:], record.statuses[:] = values[slot], statuses[slot]
             return
         for record, v, s in zip(records, values, statuses):
             record.values[:] = v
@@ -219,13 +273,12 @@ class _FrameRecord:
     values: np.ndarray
     statuses: np.ndarray
     meta: dict = field(default_factory=dict)
-    frame: np.ndarray | None = None
+    payload: memoryview | None = None
     error: str | None = None
     undecodable: bool = False
 
     def fail(self, exc: Exception, worker: str) -> None:
         """Record why the frame failed (its statuses already say how)."""
-        self.frame = None
         if isinstance(exc, BraggmapError):
             self.error = str(exc)
         else:  # never let one frame kill the worker

@@ -17,6 +17,8 @@ from analysis.peak_model import PeakModel, PeakWindow
 from analysis import regroup_kernel
 from analysis.polar_table import MAX_SEGMENT_LENGTH, build_polar_table, run_length_encode
 from analysis.regroup_kernel import RegroupBuffers, regroup_frame, regroup_frame_reference
+from regroup_checks import assert_same_buffers as _assert_same
+from regroup_checks import with_repeated_pixels
 
 SHAPE = (48, 56)
 
@@ -34,18 +36,6 @@ def table():
     mask = np.zeros(SHAPE, np.uint32)
     mask[::7, ::5] = 1
     return build_polar_table(geometry, model, pixel_mask=mask)
-
-
-def _assert_same(a: RegroupBuffers, b: RegroupBuffers) -> None:
-    """Bit for bit: the reference adds the same values in the same order as the kernel."""
-    for name in ("sum_counts", "n_valid", "mean_counts", "variance", "n_saturated", "n_invalid"):
-        x, y = getattr(a, name), getattr(b, name)
-        assert x.dtype == y.dtype and x.shape == y.shape, name
-        assert x.tobytes() == y.tobytes(), (name, np.flatnonzero(x.ravel() != y.ravel())[:10])
-    assert (a.saxs_n_valid, a.saxs_n_invalid, a.saxs_n_saturated) == (b.saxs_n_valid, b.saxs_n_invalid,
-                                                                      b.saxs_n_saturated)
-    assert np.float64(a.saxs_sum).tobytes() == np.float64(b.saxs_sum).tobytes()
-    assert np.float64(a.saxs_intensity).tobytes() == np.float64(b.saxs_intensity).tobytes()
 
 
 def _random_frame(rng, dtype):
@@ -162,11 +152,7 @@ def test_run_length_encoding_splits_long_segments_and_widens_dtypes():
 def test_pixels_in_two_bins_and_long_segments(table):
     """A table whose pixels repeat (one pixel in two bins) and whose segments exceed int16."""
     rng = np.random.default_rng(5)
-    twice = np.sort(rng.choice(table.n_entries, 40, replace=False))
-    pixel_index = np.insert(table.pixel_index, twice + 1, table.pixel_index[twice])
-    other_bin = (table.bin_index[twice] + table.n_bins_per_window) % int(np.prod(table.bins_shape))
-    bin_index = np.insert(table.bin_index, twice + 1, other_bin).astype(np.int32)
-    doubled = dataclasses.replace(table, pixel_index=pixel_index, bin_index=bin_index)
+    doubled = with_repeated_pixels(table, rng, 40)
     assert doubled.n_entries == table.n_entries + 40 and doubled.run_start.size > table.run_start.size
     frame = rng.integers(0, 3000, SHAPE).astype(np.uint16)
     _sparse_defects(rng, frame, table, n_defects=3)
