@@ -16,8 +16,8 @@ frames (bitshuffle-LZ4), and measures, in one run:
 
 No figure here is ever a pass/fail criterion. Figures go to BENCHMARKS.md.
 
-Run: ``.venv/bin/python bench/bench_service.py [--quick] [--rates 50 100 200] [--rate-frames N]
-[--max-frames N] [--small-grid 61] [--big-frames N]``
+Run: ``.venv/bin/python bench/bench_service.py [--quick] [--rates 50 100 200] [--rate-workers 1 2]
+[--rate-frames N] [--max-frames N] [--small-grid 61] [--big-frames N] [--max-batch N]``
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class PublishedPixels(threading.Thread):
 class Bench:
     """One service (fixed worker count and overflow policy) fed by one in-process simulator."""
 
-    def __init__(self, scan, n_workers: int, overflow: str, protocol: str = "v1") -> None:
+    def __init__(self, scan, n_workers: int, overflow: str, protocol: str = "v1", max_batch: int | None = None) -> None:
         from simulators.eiger_server import EigerStreamServer
         from stream.analysis_setup import AnalysisSetup
         from stream.service import Service, ServiceConfig
@@ -123,7 +123,9 @@ class Bench:
                                         image_appendix=self._stamp)
         config = ServiceConfig(setup=AnalysisSetup.default(), detector_endpoint=self.server.endpoint,
                                protocol=protocol, n_workers=n_workers, overflow=overflow,
-                               series_timeout_s=120.0, results_timeout_s=60.0)
+                               series_timeout_s=120.0, results_timeout_s=60.0,
+                               **({} if max_batch is None else {"worker_max_batch": max_batch,
+                                                                "worker_credits": max_batch}))
         started = time.monotonic()
         self.service = Service(config).start()
         self.startup_s = time.monotonic() - started
@@ -201,6 +203,8 @@ def main() -> None:
     parser.add_argument("--big-grid", type=int, default=200, help="side of the second RSS scan")
     parser.add_argument("--big-frames", type=int, default=2000, help="frames sent of the big scan")
     parser.add_argument("--distinct-frames", type=int, default=4, help="pre-rendered frames the simulator cycles")
+    parser.add_argument("--rate-workers", type=int, nargs="*", default=[1, 2], help="worker counts of the fixed rates")
+    parser.add_argument("--max-batch", type=int, help="the workers' --max-batch (default: the service's)")
     parser.add_argument("--quick", action="store_true", help="a short run (~1-2 min): fewer frames everywhere")
     args = parser.parse_args()
     if args.quick:
@@ -218,24 +222,25 @@ def main() -> None:
     print(f"{args.distinct_frames} distinct EIGER X 4M frames {frames32.shape[1:]} cycled; simulator holds "
           f"{(frames32.nbytes + frames16.nbytes) / 2**20:.0f} MiB of raw frames in the service process", flush=True)
 
-    # 1 worker, drop: latency at fixed rates; then 1 worker, block: sustained rate (uint32, uint16)
-    bench = Bench(scan, n_workers=1, overflow="drop")
-    print(f"\n1 worker, overflow=drop (service start-up {bench.startup_s:.1f} s)", flush=True)
-    try:
-        bench.series(frames32, 20, None)  # warm-up series (first-frame costs, connections)
-        for rate in args.rates:
-            r = bench.series(frames32, args.rate_frames, rate)
-            achieved = r["report"].achieved_rate_hz or 0.0
-            print(f"  {rate:5.0f} frames/s (sent at {achieved:5.1f}): received {r['received']}, dropped "
-                  f"{r['dropped']}, analysed {r['results']}", flush=True)
-            print(f"        ingest -> placed on map     {percentiles(r['collector_ms'])}", flush=True)
-            print(f"        sent -> in published map    {percentiles(r['published_ms'])}", flush=True)
-    finally:
-        bench.close()
+    # drop: latency at fixed rates (1 and 2 workers); then block: sustained rate (uint32, uint16)
+    for n_workers in args.rate_workers:
+        bench = Bench(scan, n_workers=n_workers, overflow="drop", max_batch=args.max_batch)
+        print(f"\n{n_workers} worker(s), overflow=drop (service start-up {bench.startup_s:.1f} s)", flush=True)
+        try:
+            bench.series(frames32, 20, None)  # warm-up series (first-frame costs, connections)
+            for rate in args.rates:
+                r = bench.series(frames32, args.rate_frames, rate)
+                achieved = r["report"].achieved_rate_hz or 0.0
+                print(f"  {rate:5.0f} frames/s (sent at {achieved:5.1f}): received {r['received']}, dropped "
+                      f"{r['dropped']}, analysed {r['results']}", flush=True)
+                print(f"        ingest -> placed on map     {percentiles(r['collector_ms'])}", flush=True)
+                print(f"        sent -> in published map    {percentiles(r['published_ms'])}", flush=True)
+        finally:
+            bench.close()
 
     sustained = {}
     for n_workers in (1, 2):
-        bench = Bench(scan, n_workers=n_workers, overflow="block")
+        bench = Bench(scan, n_workers=n_workers, overflow="block", max_batch=args.max_batch)
         print(f"\n{n_workers} worker(s), overflow=block (service start-up {bench.startup_s:.1f} s)", flush=True)
         try:
             bench.series(frames32, 20, None)

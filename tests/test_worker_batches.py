@@ -85,6 +85,12 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     thread.start()
     identity, kind, ready = router.recv_multipart()
     assert kind == wire.READY and wire.loads(ready)["credits"] == 8
+    fused_payloads = []
+    for fused in worker._fused.values():  # built and warmed up before READY
+        def counting(payload, *args, _regroup=fused.regroup, **kwargs):
+            fused_payloads.append(len(payload))
+            return _regroup(payload, *args, **kwargs)
+        fused.regroup = counting
     armed.set()
 
     truncated = compress(flat_frame(3), "bslz4")[:-40]
@@ -119,3 +125,5 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     assert not meta["undecodable"] and "shape" in meta["error"]
     assert np.all(statuses == Status.INVALID_INPUT) and np.all(np.isnan(values))
     assert worker.frames_done == len(messages)
+    # the bitshuffle-LZ4 frames of the detector's shape went through the fused decode + regroup
+    assert len(fused_payloads) == 6  # frames 0-4 and 6 (5 has the wrong shape for it)
