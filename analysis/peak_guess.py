@@ -360,7 +360,6 @@ def guess_peak_reference(mean_counts, variance, q_centres_nm, chi_centres_deg) -
 
     excess = np.where(ok, y - (b0 + b1 * (q_grid - q_mid)), 0.0)
     padded = np.pad(excess, 1)
-    padded_ok = np.pad(ok.astype(np.float64), 1)
     padded_variance = np.pad(np.where(ok, v, 0.0), 1)
     total = np.zeros(y.shape)
     total_variance = np.zeros(y.shape)

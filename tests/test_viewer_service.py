@@ -42,7 +42,9 @@ def start_simulator(master: Path, rate_hz: float) -> tuple[subprocess.Popen, str
 def test_viewer_follows_a_running_service_and_shows_frame_details(scan_master, qtbot):
     from viewer.app import ViewerWindow
 
-    simulator, endpoint = start_simulator(scan_master, rate_hz=4.0)
+    # slow enough that frames still arrive after the worker's start-up (frames sent before it wait
+    # in the ingest and then go through in a few batches, too fast to see the map grow)
+    simulator, endpoint = start_simulator(scan_master, rate_hz=1.5)
     service = Service(ServiceConfig(setup=AnalysisSetup.default(), detector_endpoint=endpoint, protocol="v2",
                                     n_workers=1, overflow="block", series_timeout_s=30.0))
     window = None
