@@ -20,6 +20,13 @@ def test_every_subcommand_has_help(command):
     assert result.returncode == 0 and f"usage: braggmap {command}" in result.stdout
 
 
+def test_worker_refuses_a_batch_or_credits_below_one():
+    for option in ("--max-batch", "--credits"):
+        result = subprocess.run([*BRAGGMAP, "worker", "--work-endpoint", "tcp://127.0.0.1:1", "--collector-endpoint",
+                                 "tcp://127.0.0.1:2", option, "0"], capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and "must be >= 1" in result.stderr, result.stderr[-2000:]
+
+
 def test_demo_streams_the_synthetic_scan_through_the_service(tmp_path):
     environment = dict(os.environ, BRAGGMAP_CACHE=str(tmp_path / "cache"))
     environment.pop("DISPLAY", None)

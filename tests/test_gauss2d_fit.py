@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.errors import ConfigurationError
-from analysis.gauss2d_fit import FitSettings, default_bounds, fit_windows, fit_windows_into, warm_up
+from analysis.gauss2d_fit import (FitSettings, PreparedFit, default_bounds, fit_windows, fit_windows_into,
+                                  warm_up)
 from analysis.gauss2d_lm import cholesky_factor, cholesky_solve
 from analysis.gauss2d_model import (FWHM_PER_SIGMA, N_PARAMS, chi2_normal_equations,
                                     fit_window_curve_fit, fit_window_poisson_reference,
@@ -652,6 +653,37 @@ def test_fit_windows_into_writes_caller_owned_arrays_and_validates():
         fit_windows_into(y, v, q, chi, broadening=(-v, v), **out)
     with pytest.raises(ValueError, match="q_points"):
         fit_windows_into(y, v, q, chi, points=(v[:, :-1], v), **out)
+
+
+def test_prepared_fit_reruns_give_the_one_shot_results_and_check_each_call():
+    """The service's path: inputs that depend only on the table checked once, then one call per
+    frame; every call equals a fresh ``fit_windows``, and the data are still checked each time."""
+    rng = np.random.default_rng(43)
+    q, chi = axes(WAXS)
+    prepared = None
+    out = dict(params=np.empty((3, 7)), errors=np.empty((3, 7)), status=np.empty(3, np.int32),
+               chi2_reduced=np.empty(3), n_iterations=np.empty(3, np.int32))
+    for frame in range(3):
+        y, v, _, _ = simulate(rng, WAXS, true_params(WAXS, 100.0 + 100.0 * frame), n_windows=3)
+        exposure = exposure_of(WAXS, y)
+        if prepared is None:
+            prepared = PreparedFit(y.shape, q, chi, poisson=True, settings=FitSettings(xtol=1e-2))
+        prepared.run(y, v, **out, exposure=exposure)
+        fresh = fit_windows(y, v, q, chi, exposure=exposure, settings=FitSettings(xtol=1e-2))
+        for name in ("params", "errors", "status", "n_iterations"):
+            np.testing.assert_array_equal(out[name], getattr(fresh, name), err_msg=name)
+        np.testing.assert_array_equal(prepared.raw_params, fresh.raw_params)
+    with pytest.raises(ValueError, match="needs exposure"):
+        prepared.run(y, v, **out)
+    with pytest.raises(ValueError, match="mean_counts"):
+        prepared.run(y[:2], v, **out, exposure=exposure)
+    with pytest.raises(ValueError, match="params"):
+        prepared.run(y, v, **{**out, "params": np.empty((2, 7))}, exposure=exposure)
+    least_squares = PreparedFit(y.shape, q, chi, poisson=False)
+    with pytest.raises(ValueError, match="least-squares"):
+        least_squares.run(y, v, **out, exposure=exposure)
+    with pytest.raises(ValueError, match="n_chi >= 2"):
+        PreparedFit((3, N_Q, 1), q, chi[:1], poisson=True)
 
 
 def test_warm_up_runs():
