@@ -42,11 +42,12 @@ def start_simulator(master: Path, rate_hz: float) -> tuple[subprocess.Popen, str
 def test_viewer_follows_a_running_service_and_shows_frame_details(scan_master, qtbot):
     from viewer.app import ViewerWindow
 
-    # slow enough that frames still arrive after the worker's start-up (frames sent before it wait
-    # in the ingest and then go through in a few batches, too fast to see the map grow)
-    simulator, endpoint = start_simulator(scan_master, rate_hz=1.5)
+    # Frames sent during the worker's start-up and its build of the series' analyzer wait in the
+    # ingest; in batches they would all land between two snapshots (5 per second). One frame at a
+    # time they land over several snapshots, so the map is seen growing.
+    simulator, endpoint = start_simulator(scan_master, rate_hz=2.0)
     service = Service(ServiceConfig(setup=AnalysisSetup.default(), detector_endpoint=endpoint, protocol="v2",
-                                    n_workers=1, overflow="block", series_timeout_s=30.0))
+                                    n_workers=1, overflow="block", series_timeout_s=30.0, worker_max_batch=1))
     window = None
     try:
         service.start()
