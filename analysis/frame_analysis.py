@@ -171,7 +171,7 @@ class FrameAnalyzer:
         fits = self.fitter.fit(batch.mean_counts[used], batch.variance[used], batch.n_saturated[used],
                                self.max_saturated_pixels, n_valid=batch.n_valid[used],
                                sum_counts=batch.sum_counts[used])
-        saxs_intensity = batch.saxs_intensity(first + n_frames)[used]
+        saxs_intensity = batch.saxs_intensity(first, n_frames)
         saxs_status = np.where(np.isfinite(saxs_intensity), int(Status.OK), int(Status.TOO_FEW_POINTS))
         saxs = ({"saxs_intensity": saxs_intensity}, {"saxs_intensity": saxs_status.astype(np.int32)})
         vector, status = map_vectors(self.parameter_names, saxs, *self.derive(fits))

@@ -349,11 +349,6 @@ def fit_windows_into(mean_counts, variance, q_centres_nm, chi_centres_deg, param
         upper one.
     """
     counts = np.asarray(mean_counts)
-    if counts.ndim != 3 or counts.shape[1] < 2 or counts.shape[2] < 2:
-        raise ValueError(f"mean_counts must have shape (n_win, n_q >= 2, n_chi >= 2), "
-                         f"got {counts.shape}")
-    if offset is not None and exposure is None:
-        raise ValueError("offset needs exposure (it only enters the Poisson likelihood)")
     prepared = PreparedFit(counts.shape, q_centres_nm, chi_centres_deg, poisson=exposure is not None,
                            points=points, broadening=broadening, lower=lower, upper=upper,
                            settings=settings, parallel=parallel)

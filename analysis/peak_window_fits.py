@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from analysis.gauss2d_fit import FitSettings, PreparedFit, fit_windows
+from analysis.gauss2d_fit import FitSettings, PreparedFit
 from analysis.geometry import DetectorGeometry, pixel_q_chi
 from analysis.gauss2d_model import (I_CHI0, I_I0, I_Q0, I_SCHI, I_SQ, N_PARAMS, fwhm_from_sigma,
                                     model_and_jacobian)
@@ -110,11 +110,12 @@ class _Group:
     chi_centres_deg: np.ndarray  # (n, n_chi)
     points: tuple[np.ndarray, np.ndarray] | None  # (q, chi) per bin, (n, n_q, n_chi)
     broadening: tuple[np.ndarray, np.ndarray] | None  # (var_q, var_chi) per bin
-    prepared: dict = field(default_factory=dict)  # n_frames -> (PreparedFit, outputs)
+    prepared: dict = field(default_factory=dict)  # (n_frames, poisson) -> (PreparedFit, outputs)
 
-    def batch(self, n_frames: int, settings: FitSettings):
+    def batch(self, n_frames: int, settings: FitSettings, poisson: bool = True):
         """The prepared fit of ``n_frames`` frames' windows (frame-major) and its outputs."""
-        if n_frames not in self.prepared:
+        key = (n_frames, poisson)
+        if key not in self.prepared:
             n = n_frames * self.windows.size
 
             def tiled(array):
@@ -122,13 +123,13 @@ class _Group:
 
             prepared = PreparedFit(
                 (n, self.n_q, self.n_chi), tiled(self.q_centres_nm), tiled(self.chi_centres_deg),
-                poisson=True, points=None if self.points is None else tuple(map(tiled, self.points)),
+                poisson=poisson, points=None if self.points is None else tuple(map(tiled, self.points)),
                 broadening=None if self.broadening is None else tuple(map(tiled, self.broadening)),
                 settings=settings)
             outputs = (np.empty((n, N_PARAMS)), np.empty((n, N_PARAMS)), np.empty(n, np.int32),
                        np.empty(n), np.empty(n, np.int32))
-            self.prepared[n_frames] = prepared, outputs
-        return self.prepared[n_frames]
+            self.prepared[key] = prepared, outputs
+        return self.prepared[key]
 
 
 class PeakWindowFitter:
@@ -228,19 +229,12 @@ class PeakWindowFitter:
             def part(array):
                 return array[:, group.windows, :group.n_q, :group.n_chi].reshape(-1, group.n_q, group.n_chi)
 
-            if poisson:
-                prepared, (g_params, g_errors, g_status, g_chi2, g_iterations) = group.batch(
-                    n_frames, self.settings)
-                prepared.run(part(density), part(density_variance), g_params, g_errors, g_status, g_chi2,
-                             g_iterations, exposure=part(exposure), offset=part(offset))
-            else:  # least squares: the rare path of callers without raw counts
-                fitted = fit_windows(part(density), part(density_variance),
-                                     np.tile(group.q_centres_nm, (n_frames, 1)),
-                                     np.tile(group.chi_centres_deg, (n_frames, 1)),
-                                     points=_tile_pair(group.points, n_frames),
-                                     broadening=_tile_pair(group.broadening, n_frames),
-                                     settings=self.settings)
-                g_params, g_errors, g_status = fitted.params, fitted.errors, fitted.status
+            prepared, (g_params, g_errors, g_status, g_chi2, g_iterations) = group.batch(
+                n_frames, self.settings, poisson)
+            # least squares (callers without raw counts) weights by density_variance alone
+            prepared.run(part(density), part(density_variance), g_params, g_errors, g_status, g_chi2,
+                         g_iterations, exposure=part(exposure) if poisson else None,
+                         offset=part(offset) if poisson else None)
             shape = (n_frames, group.windows.size)
             params[:, group.windows] = g_params.reshape(shape + (N_PARAMS,))
             errors[:, group.windows] = g_errors.reshape(shape + (N_PARAMS,))
@@ -292,7 +286,3 @@ class PeakWindowFitter:
             fwhm_chi_err_deg=fwhm_from_sigma(errors[..., I_SCHI]),
         )
 
-
-def _tile_pair(pair, n_frames: int):
-    """A (q, chi) pair of per-window arrays repeated for ``n_frames`` frames (None stays None)."""
-    return None if pair is None else tuple(np.tile(a, (n_frames, 1, 1)) for a in pair)

@@ -34,19 +34,17 @@ class RegroupBatch:
     def __init__(self, table: PolarTable, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"batch capacity must be >= 1, got {capacity}")
-        shape = (capacity,) + tuple(table.bins_shape)
         self.capacity = capacity
-        self.sum_counts = np.zeros(shape, dtype=np.float64)
-        self.n_valid = np.zeros(shape, dtype=np.int32)
-        self.mean_counts = np.full(shape, np.nan, dtype=np.float64)
-        self.variance = np.full(shape, np.nan, dtype=np.float64)
-        self.n_saturated = np.zeros((capacity, table.n_windows), dtype=np.int32)
-        self.n_invalid = np.zeros((capacity, table.n_windows), dtype=np.int32)
+        stacked = RegroupBuffers.for_table(table, (capacity,))
+        self.sum_counts, self.n_valid = stacked.sum_counts, stacked.n_valid
+        self.mean_counts, self.variance = stacked.mean_counts, stacked.variance
+        self.n_saturated, self.n_invalid = stacked.n_saturated, stacked.n_invalid
         self.slots = [RegroupBuffers(sum_counts=self.sum_counts[k], n_valid=self.n_valid[k],
                                      mean_counts=self.mean_counts[k], variance=self.variance[k],
                                      n_saturated=self.n_saturated[k], n_invalid=self.n_invalid[k])
                       for k in range(capacity)]
 
-    def saxs_intensity(self, n: int) -> np.ndarray:
-        """Integrated SAXS intensity of the first ``n`` slots, float64 (n,) (NaN: no valid pixel)."""
-        return np.array([self.slots[k].saxs_intensity for k in range(n)], dtype=np.float64)
+    def saxs_intensity(self, first: int, n: int) -> np.ndarray:
+        """Integrated SAXS intensity of slots ``first .. first + n - 1``, float64 (n,) (NaN: no
+        valid pixel)."""
+        return np.array([slot.saxs_intensity for slot in self.slots[first:first + n]], dtype=np.float64)

@@ -75,16 +75,18 @@ class RegroupBuffers:
     saxs_intensity: float = float("nan")
 
     @classmethod
-    def for_table(cls, table: PolarTable) -> "RegroupBuffers":
-        """Allocate buffers of the right shapes for ``table``."""
-        shape = table.bins_shape
+    def for_table(cls, table: PolarTable, lead: tuple[int, ...] = ()) -> "RegroupBuffers":
+        """Allocate buffers of the right shapes for ``table``, with leading axes ``lead`` (e.g.
+        ``(n_frames,)`` for the stacked buffers of a batch; ``()`` for one frame)."""
+        shape = tuple(lead) + tuple(table.bins_shape)
+        per_window = tuple(lead) + (table.n_windows,)
         return cls(
             sum_counts=np.zeros(shape, dtype=np.float64),
             n_valid=np.zeros(shape, dtype=np.int32),
             mean_counts=np.full(shape, np.nan, dtype=np.float64),
             variance=np.full(shape, np.nan, dtype=np.float64),
-            n_saturated=np.zeros(table.n_windows, dtype=np.int32),
-            n_invalid=np.zeros(table.n_windows, dtype=np.int32),
+            n_saturated=np.zeros(per_window, dtype=np.int32),
+            n_invalid=np.zeros(per_window, dtype=np.int32),
         )
 
 

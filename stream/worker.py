@@ -63,7 +63,7 @@ class Worker:
         self.series_problem: str | None = None
         self.saturation_value: float | None = None
         self.frames_done = 0
-        self._fused: dict = {}  # (id(analyzer), dtype) -> FusedRegroup
+        self._fused: dict = {}  # (polar table, dtype) -> FusedRegroup
 
     def run(self) -> None:
         self.analyzer = self.analyzers.default()
@@ -119,13 +119,10 @@ class Worker:
             dealer.send_multipart([wire.CREDIT])
 
     def _warm_up_fused(self) -> None:
-        """Compile the fused decode + regroup and build its block schedule for the analyzer's
-        table, for both EIGER pixel types (before the first frame needs them)."""
+        """Make (and so warm up) the fused decode + regroup of the analyzer's table for both
+        EIGER pixel types, before the first frame needs it; nothing to do for a table seen before."""
         for dtype in FUSED_DTYPES:
-            fused = self._fused_regroup({"compression": "bslz4", "dtype": dtype.name,
-                                         "shape": self.analyzer.geometry.shape})
-            if fused is not None:
-                fused.warm_up()
+            self._fused_regroup({"compression": "bslz4", "dtype": dtype.name, "shape": self.analyzer.geometry.shape})
 
     def _on_series(self, parts, results) -> None:
         try:
@@ -152,10 +149,6 @@ class Worker:
         parts = wire.encode_average(meta, average.signal_sum, average.raw_sum, average.n_valid)
         average.reset()
         return parts
-
-    def _on_frame(self, parts) -> list[bytes]:
-        """Analyse one frame (see :meth:`_on_frames`)."""
-        return self._on_frames([parts])[0]
 
     def _on_frames(self, batch) -> list[list[bytes]]:
         """Analyse frames into one result each; a result's ``error`` says why its frame failed,
@@ -219,10 +212,12 @@ class Worker:
         if (meta.get("compression") != "bslz4" or dtype not in FUSED_DTYPES
                 or tuple(meta["shape"]) != tuple(self.analyzer.geometry.shape)):
             return None
-        key = (id(self.analyzer), dtype)
+        key = (self.analyzer.table, dtype)  # tables compare by identity
         fused = self._fused.get(key)
-        if fused is None or fused.table is not self.analyzer.table:
+        if fused is None:
             fused = self._fused[key] = FusedRegroup(self.analyzer.table, dtype)
+            if fused.uses_fused_kernel:
+                fused.warm_up()  # compile and build the block schedule before a frame needs them
         return fused if fused.uses_fused_kernel else None
 
     def _analyse(self, records) -> None:
