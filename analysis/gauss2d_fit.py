@@ -244,11 +244,11 @@ class PreparedFit:
         self.parallel = parallel
         n_chunks = min(numba.get_num_threads(), max(n_win, 1)) if parallel else 0
         lead = (n_chunks,) if parallel else ()
-        self._scratch = (np.empty(lead + (n_q,)), np.empty(lead + (3, n_chi)),
+        self._scratch = (np.empty(lead + (n_q,)), np.empty(lead + (6, n_chi)),
                          np.empty(lead + (n_q * n_chi,)),
                          np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
                          np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)),
-                         np.empty(lead + (2, 2, n_q * n_chi)))
+                         np.empty(lead + (2, 2, n_q * n_chi)), np.empty(lead + (n_q, n_chi)))
         self._no_data = np.zeros((n_win, 1, 1))
 
     def run(self, mean_counts, variance, params, errors, status, chi2_reduced, n_iterations, *,

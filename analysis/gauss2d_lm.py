@@ -12,9 +12,14 @@ finite variance > 0; NaN marks an empty bin and is skipped):
   from ``y``; N_i is Poisson with mean ``mu_i = e_i (m_i + o_i)``. The fit minimises the
   Poisson deviance ``2 sum [mu - N + N ln(N / mu)]``: maximum likelihood. Its gradient is
   the score ``J^T W r`` with the weights ``W = e / (m + o)`` of the *current model*; the
-  steps use the observed information ``J^T diag(e N / mu^2) J`` (Newton without the
-  model-curvature term: exact for the linear background, where the Fisher matrix, i.e.
-  iterative reweighting, converges slowly at ~1 photon per bin); the errors come from the
+  steps use the Fisher information ``J^T W J`` with the observed information
+  ``J^T diag(e N / mu^2) J`` in the background rows and columns (exact there, the background
+  being linear; the Fisher matrix alone, i.e. iterative reweighting, converges slowly at ~1
+  photon per bin). That matrix is positive definite but converges only linearly in the peak
+  parameters (by a factor ~0.4 per step on faint WAXS peaks), so at the bin centres, once a
+  step is at most ``NEWTON_STEP`` standard errors, the next steps are Newton's, with the whole
+  Hessian ``J^T diag(e N / mu^2) J - sum w r d2m / dp dp`` (quadratic convergence; far from
+  the optimum, e.g. at the moment guess, it is often indefinite). The errors come from the
   Fisher information ``J^T W J`` at the optimum. Weights from the observed counts (Neyman's
   chi2) would bias I0 low by ~20 % and make the errors ~1.5x too small at the ~1 photon per
   bin of a SAXS window; with the model's they are unbiased and honest. Bins with exposure 0
@@ -82,6 +87,10 @@ LAMBDA_START = 0.1
 LAMBDA_MIN = 1e-12
 LAMBDA_MAX = 1e16
 PIVOT_RELATIVE_TOLERANCE = 1e-13
+NEWTON_STEP = 1.0
+"""Poisson fits at the bin centres take Newton steps (the whole Hessian of the deviance) once
+a step moves the parameters by at most this many standard errors; before that the steps use
+the observed information without the model's curvature, which is positive definite."""
 START_MIN_PHOTONS = 0.5
 """Photons (at the mean exposure) the lowest bin expects at a Poisson start point that had to
 be made feasible."""
@@ -175,10 +184,14 @@ def _poisson_inputs_valid(exposure, offset):
 
 @numba.njit(cache=True, error_model="numpy")
 def _count_valid(mean_counts, variance, exposure, offset, poisson, q_points, chi_points,
-                 at_points):
+                 at_points, usable):
+    """Number of bins that enter the fit; for Poisson also ``usable`` (n_q, n_chi): the
+    exposure of those bins, 0 in the others."""
     n = 0
     for i in range(mean_counts.shape[0]):
         for j in range(mean_counts.shape[1]):
+            if poisson:
+                usable[i, j] = 0.0
             y = mean_counts[i, j]
             v = variance[i, j]
             if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
@@ -188,6 +201,8 @@ def _count_valid(mean_counts, variance, exposure, offset, poisson, q_points, chi
             if at_points and not (math.isfinite(q_points[i, j])
                                   and math.isfinite(chi_points[i, j])):
                 continue
+            if poisson:
+                usable[i, j] = exposure[i, j]
             n += 1
     return n
 
@@ -246,23 +261,26 @@ def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, colu
 @numba.njit(cache=True, error_model="numpy")
 def _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points, chi_points, q_var,
               chi_var, var_q, var_chi, at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row,
-              normal_matrix, gradient, observed, use_ref, ref, out):
+              normal_matrix, gradient, observed, use_ref, ref, out, newton, usable):
     """(merit, chi2) and the normal equations at ``p``: for Poisson the deviance (its change
     from the state ``ref`` with ``use_ref``), Pearson's chi2 and the observed (``observed``)
     or Fisher information, the bins' means going to ``out``; for fixed variances chi2 twice.
     The model at the bins' points with their broadening ``q_var``, ``chi_var`` when
     ``at_points``, else at the bin centres with the window's broadening ``var_q``,
-    ``var_chi`` (separable)."""
+    ``var_chi`` (separable); ``newton``: Newton's matrix (the whole Hessian) there, for
+    Poisson at the bin centres only. ``usable`` (Poisson): the exposure, 0 in every bin that
+    does not enter the fit (from :func:`_count_valid`), read instead of ``exposure`` so that
+    the kernels test one number per bin."""
     if at_points:
-        return points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure,
-                                              offset, q_points, chi_points, q_mid,
-                                              normal_matrix, gradient, observed, use_ref, ref,
-                                              out, q_var, chi_var)
+        return points_normal_equations_kernel(poisson, p, mean_counts, variance,
+                                              usable if poisson else exposure, offset, q_points,
+                                              chi_points, q_mid, normal_matrix, gradient,
+                                              observed, use_ref, ref, out, q_var, chi_var, poisson)
     if poisson:
-        return poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, q_nm,
+        return poisson_normal_equations_kernel(p, mean_counts, variance, usable, offset, q_nm,
                                                chi_deg, q_mid, exp_q, exp_chi, row,
                                                normal_matrix, gradient, observed, use_ref, ref,
-                                               out, var_q, var_chi)
+                                               out, var_q, var_chi, newton, True)
     chi2 = normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid, exp_q,
                                    exp_chi, row, normal_matrix, gradient, var_q, var_chi)
     return chi2, chi2
@@ -317,7 +335,7 @@ def _make_feasible(p, mean_counts, variance, exposure, offset, q_points, chi_poi
 def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_points,
                          chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm, chi_deg,
                          q_mid, lower, upper,
-                         max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs, means):
+                         max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs, means, usable):
     """Damped Gauss-Newton (fixed variances) or Newton (Poisson deviance, observed
     information) iterations from ``p`` (updated in place).
 
@@ -342,7 +360,7 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_
     merit, chi2 = _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points,
                             chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm,
                             chi_deg, q_mid, exp_q, exp_chi, row, a_mat, g, True, False,
-                            means[1], means[0])
+                            means[1], means[0], False, usable)
     if not math.isfinite(merit):
         return False, merit, chi2, 0, current
     for k in range(N_PARAMS):
@@ -380,11 +398,14 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_
             predicted += 2.0 * delta[a] * g[a]
             for b in range(N_PARAMS):
                 predicted -= delta[a] * a_mat[a, b] * delta[b]
+        # close to the optimum, Newton's matrix at the trial point for the step after it
+        newton = poisson and not at_points and math.sqrt(step2) <= NEWTON_STEP
         merit_trial, chi2_trial = _evaluate(poisson, trial, mean_counts, variance, exposure,
                                             offset, q_points, chi_points, q_var, chi_var,
                                             var_q, var_chi, at_points, q_nm, chi_deg, q_mid,
                                             exp_q, exp_chi, row, a_trial, g_trial, True, True,
-                                            means[current], means[1 - current])
+                                            means[current], means[1 - current], newton,
+                                            usable)
         # Poisson: the kernel returned the deviance change itself (accurate to rounding)
         change = merit_trial if poisson else merit_trial - merit
         if math.isfinite(change) and change <= 0.0:
@@ -418,7 +439,7 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
                       chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
                       max_iterations, ftol, xtol, min_significance, edge_margin_bins,
                       min_valid_bins, params_out, errors_out, raw_out, initial_out, exp_q, exp_chi,
-                      sort_buffer, mats, vecs, means):
+                      sort_buffer, mats, vecs, means, usable):
     """Fit one window (Levenberg-Marquardt; algorithm and status in the module docstring).
 
     Parameters
@@ -446,8 +467,9 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
     ftol, xtol, min_significance, edge_margin_bins : float
     params_out, errors_out, raw_out, initial_out : float64 (7,)
         Outputs (NaN unless OK / unless a fit ran / unless a guess was made).
-    exp_q : float64 (n_q,), exp_chi : float64 (3, n_chi), sort_buffer : float64 (n_q * n_chi,)
+    exp_q : float64 (n_q,), exp_chi : float64 (6, n_chi), sort_buffer : float64 (n_q * n_chi,)
     mats : float64 (4, 7, 7), vecs : float64 (8, 7), means : float64 (2, 2, n_q * n_chi)
+    usable : float64 (n_q, n_chi)
         Scratch.
 
     Returns
@@ -464,9 +486,9 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
     if poisson and not _poisson_inputs_valid(exposure, offset):
         return _INVALID_INPUT, np.nan, 0
     n_valid = _count_valid(mean_counts, variance, exposure, offset, poisson, q_points,
-                           chi_points, at_points)
+                           chi_points, at_points, usable)
     p = vecs[_P]
-    guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, p, sort_buffer)
+    guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, p, sort_buffer, exp_chi)  # exp_chi: free until the LM
     _move_inside(p, lower, upper)
     initial_out[:] = p
     if n_valid < max(min_valid_bins, N_PARAMS + 1):
@@ -482,7 +504,7 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
     converged, merit, chi2, n_iterations, current = _levenberg_marquardt(
         poisson, p, mean_counts, variance, exposure, offset, q_points, chi_points, q_var,
         chi_var, var_q, var_chi, at_points, q_nm, chi_deg, q_mid, lower, upper, max_iterations,
-        ftol, xtol, exp_q, exp_chi, mats, vecs, means)
+        ftol, xtol, exp_q, exp_chi, mats, vecs, means, usable)
     if not math.isfinite(merit):
         return _INVALID_INPUT, np.nan, 0
     if poisson:
@@ -490,7 +512,7 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
         _, chi2 = _evaluate(True, p, mean_counts, variance, exposure, offset, q_points,
                             chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm,
                             chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A], vecs[_G],
-                            False, True, means[current], means[1 - current])
+                            False, True, means[current], means[1 - current], False, usable)
 
     a_mat = mats[_A]
     damped = mats[_M]
@@ -533,11 +555,12 @@ def fit_batch_serial(mean_counts, variance, exposure, offset, poisson, q_points,
                      chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
                      max_iterations, ftol, xtol, min_significance, edge_margin_bins, min_valid_bins,
                      params, errors, status, chi2_reduced, n_iterations, raw_params, initial, exp_q,
-                     exp_chi, sort_buffer, mats, vecs, means):
+                     exp_chi, sort_buffer, mats, vecs, means, usable):
     """Fit every window of a batch in turn; arrays carry a leading ``n_win`` axis.
 
-    Scratch (``exp_q`` (n_q,), ``exp_chi`` (3, n_chi), ``sort_buffer`` (n_q * n_chi,), ``mats``
-    (4, 7, 7), ``vecs`` (8, 7), ``means`` (2, 2, n_q * n_chi)) is shared by all windows;
+    Scratch (``exp_q`` (n_q,), ``exp_chi`` (6, n_chi), ``sort_buffer`` (n_q * n_chi,), ``mats``
+    (4, 7, 7), ``vecs`` (8, 7), ``means`` (2, 2, n_q * n_chi), ``usable`` (n_q, n_chi)) is
+    shared by all windows;
     nothing is allocated per window.
     """
     for w in range(mean_counts.shape[0]):
@@ -546,7 +569,7 @@ def fit_batch_serial(mean_counts, variance, exposure, offset, poisson, q_points,
             chi_points[w], q_var[w], chi_var[w], var_q[w], var_chi[w], at_points, q_nm[w],
             chi_deg[w], lower[w], upper[w], max_iterations, ftol, xtol, min_significance,
             edge_margin_bins, min_valid_bins, params[w], errors[w], raw_params[w], initial[w],
-            exp_q, exp_chi, sort_buffer, mats, vecs, means)
+            exp_q, exp_chi, sort_buffer, mats, vecs, means, usable)
         status[w] = code
         chi2_reduced[w] = chi2_red
         n_iterations[w] = n_iter
@@ -557,7 +580,8 @@ def fit_batch_parallel(mean_counts, variance, exposure, offset, poisson, q_point
                        q_var, chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
                        max_iterations, ftol, xtol, min_significance, edge_margin_bins,
                        min_valid_bins, params, errors, status, chi2_reduced, n_iterations,
-                       raw_params, initial, exp_q, exp_chi, sort_buffer, mats, vecs, means):
+                       raw_params, initial, exp_q, exp_chi, sort_buffer, mats, vecs, means,
+                       usable):
     """Parallel variant of :func:`fit_batch_serial`: scratch has a leading ``n_chunks`` axis.
 
     Chunk ``c`` fits windows ``c, c + n_chunks, ...`` with its own scratch (round robin, so
@@ -572,7 +596,8 @@ def fit_batch_parallel(mean_counts, variance, exposure, offset, poisson, q_point
                 chi_points[w], q_var[w], chi_var[w], var_q[w], var_chi[w], at_points, q_nm[w],
                 chi_deg[w], lower[w], upper[w], max_iterations, ftol, xtol, min_significance,
                 edge_margin_bins, min_valid_bins, params[w], errors[w], raw_params[w],
-                initial[w], exp_q[c], exp_chi[c], sort_buffer[c], mats[c], vecs[c], means[c])
+                initial[w], exp_q[c], exp_chi[c], sort_buffer[c], mats[c], vecs[c], means[c],
+                usable[c])
             status[w] = code
             chi2_reduced[w] = chi2_red
             n_iterations[w] = n_iter

@@ -251,10 +251,13 @@ def _pair_sum(k, l, s00, s01, s02, s03, s11, s12, s13, s22, s23, s33):
 
 
 @numba.njit(cache=True, inline="always")
-def _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix, gradient):
+def _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix, gradient,
+                       curvature=False):
     """The separable parts of the model at bin centres, shared by the two kernels below: fills
-    ``exp_q`` (n_q,) and ``chi_work`` (3, n_chi) (the chi factor and its chi0 and s_chi
-    derivatives), zeroes the normal matrix and gradient; returns (1 / s_q,eff^2, norm)."""
+    ``exp_q`` (n_q,) and ``chi_work`` rows 0-2 (the chi factor and its chi0 and s_chi
+    derivatives; with ``curvature`` also rows 3-5, its second derivatives chi0 chi0,
+    chi0 s_chi and s_chi s_chi), zeroes the normal matrix and gradient; returns
+    (1 / s_q,eff^2, norm)."""
     chi0 = p[2]
     s_q = p[3]
     s_chi = p[4]
@@ -272,11 +275,51 @@ def _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal
         chi_work[1, j] = u * dchi * inv_schi2
         # d / d sigma = d / d sigma_eff * sigma / sigma_eff
         chi_work[2, j] = u * (dchi * dchi * inv_schi2 - 1.0) * s_chi * inv_schi2
+        if curvature:
+            l1, l3, l11, l13, l33 = _log_gaussian_derivatives(dchi, s_chi, inv_schi2)
+            chi_work[3, j] = u * (l11 + l1 * l1)
+            chi_work[4, j] = u * (l13 + l1 * l3)
+            chi_work[5, j] = u * (l33 + l3 * l3)
     for a in range(7):
         gradient[a] = 0.0
         for b in range(7):
             normal_matrix[a, b] = 0.0
     return inv_sq2, norm
+
+
+@numba.njit(cache=True, inline="always")
+def _log_gaussian_derivatives(d, s, inv_var):
+    """First and second derivatives of ``ln(exp(-d^2 / (2 V)) / sqrt(V))``, ``V = s^2 + v``
+    (``inv_var`` = 1 / V), with respect to the centre c (``d = x - c``) and the width s:
+    (d/dc, d/ds, d2/dc2, d2/dc ds, d2/ds2)."""
+    z = d * d * inv_var * inv_var - inv_var
+    return (d * inv_var, s * z, -inv_var, -2.0 * d * s * inv_var * inv_var,
+            z + s * s * (2.0 * inv_var * inv_var - 4.0 * d * d * inv_var * inv_var * inv_var))
+
+
+@numba.njit(cache=True, inline="always")
+def _subtract_row_curvature(normal_matrix, i0, row_shape, dq, s_q, inv_sq2, r0, r1, r2, r4, r5, r6):
+    """Subtract one q row's ``sum w r d2m / dp dp`` (lower triangle of the peak block) from the
+    normal matrix: ``r0``, ``r1``, ``r2`` are the row's sums of ``w r`` times the chi factor and
+    its first derivatives, ``r4``, ``r5``, ``r6`` times its second derivatives."""
+    l1, l3, l11, l13, l33 = _log_gaussian_derivatives(dq, s_q, inv_sq2)
+    q1 = row_shape * l1
+    q3 = row_shape * l3
+    peak = i0 * row_shape
+    normal_matrix[1, 0] -= q1 * r0
+    normal_matrix[2, 0] -= row_shape * r1
+    normal_matrix[3, 0] -= q3 * r0
+    normal_matrix[4, 0] -= row_shape * r2
+    normal_matrix[1, 1] -= peak * (l11 + l1 * l1) * r0
+    normal_matrix[2, 1] -= i0 * q1 * r1
+    normal_matrix[3, 1] -= peak * (l13 + l1 * l3) * r0
+    normal_matrix[4, 1] -= i0 * q1 * r2
+    normal_matrix[2, 2] -= peak * r4
+    normal_matrix[3, 2] -= i0 * q3 * r1
+    normal_matrix[4, 2] -= peak * r5
+    normal_matrix[3, 3] -= peak * (l33 + l3 * l3) * r0
+    normal_matrix[4, 3] -= i0 * q3 * r2
+    normal_matrix[4, 4] -= peak * r6
 
 
 @numba.njit(cache=True, inline="always")
@@ -443,7 +486,8 @@ def poisson_deviance_terms(params, mean_counts, variance, exposure, offset, q_ce
 @numba.njit(cache=True, error_model="numpy")
 def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, q_nm, chi_deg,
                                     q_mid_nm, exp_q, chi_work, alpha, normal_matrix, gradient,
-                                    observed, use_ref, ref, out, var_q, var_chi):
+                                    observed, use_ref, ref, out, var_q, var_chi, newton=False,
+                                    prevalidated=False):
     """Poisson deviance, Pearson chi2, information matrix and score of the model at ``p``.
 
     The Poisson counterpart of :func:`normal_equations_kernel` (same separable sums, same
@@ -455,8 +499,12 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
     their expectation), the exact Hessian there since the background is linear: with the
     Fisher matrix alone the background converges slowly at ~1 photon per bin, with the
     observed information (without the model's curvature) also in the peak block the peak
-    converges slowly at ~20 photons per bin. Bins failing :func:`poisson_valid_bins` are
-    skipped.
+    converges slowly at ~20 photons per bin. With ``newton`` (``chi_work`` then needs 6 rows)
+    the matrix is the whole Hessian of half the deviance, ``J^T diag(e N / mu^2) J - sum w r
+    d2m / dp dp``: Newton's matrix, which converges quadratically near the optimum but need not
+    be positive definite far from it. Bins failing :func:`poisson_valid_bins` are skipped;
+    with ``prevalidated`` the caller has set the exposure of every such bin to 0 and only
+    ``exposure > 0`` is tested (``variance`` is then not read).
 
     ``out`` (float64 (2, n_q * n_chi), row-major bins) receives each bin's model mean and its
     inverse. With ``use_ref`` the deviance is returned as its change from the state ``ref``
@@ -471,7 +519,9 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
         valid bin (a Poisson mean must be > 0), and then the other outputs are incomplete.
     """
     i0, q0, s_q, b0, b1 = p[0], p[1], p[3], p[5], p[6]
-    inv_sq2, norm = _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix, gradient)
+    inv_sq2, norm = _separable_factors(p, q_nm, chi_deg, var_q, var_chi, exp_q, chi_work, normal_matrix,
+                                       gradient, newton)
+    observed = observed or newton
     deviance = 0.0
     pearson = 0.0
     n_chi = chi_deg.shape[0]
@@ -482,16 +532,19 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
         row_shape = norm * exp_q[i]
         row_peak = i0 * row_shape
         s00 = s01 = s02 = s03 = s11 = s12 = s13 = s22 = s23 = s33 = 0.0
-        r0 = r1 = r2 = r3 = 0.0
+        r0 = r1 = r2 = r3 = r4 = r5 = r6 = 0.0
         n_row = 0
         for j in range(chi_deg.shape[0]):
-            y = mean_counts[i, j]
-            v = variance[i, j]
             e = exposure[i, j]
-            o = offset[i, j]
-            if not (math.isfinite(y) and math.isfinite(v) and v > 0.0 and math.isfinite(e)
-                    and e > 0.0 and math.isfinite(o)):
+            if prevalidated:
+                if not e > 0.0:
+                    continue
+            elif not (math.isfinite(mean_counts[i, j]) and math.isfinite(variance[i, j])
+                      and variance[i, j] > 0.0 and math.isfinite(e) and e > 0.0
+                      and math.isfinite(offset[i, j])):
                 continue
+            y = mean_counts[i, j]
+            o = offset[i, j]
             n_row += 1
             u = chi_work[0, j]
             model = row_peak * u + background
@@ -508,16 +561,18 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
             pearson += wr * r
             # rows and columns of the (linear) background: observed information
             wb = w * observed_y * inv_mu if observed else w
+            # Newton: the observed information in the peak block too
+            wp = wb if newton else w
             t = chi_work[1, j]
             s = chi_work[2, j]
-            wu = w * u
-            wt = w * t
+            wu = wp * u
+            wt = wp * t
             s00 += wu * u
             s01 += wu * t
             s02 += wu * s
             s11 += wt * t
             s12 += wt * s
-            s22 += w * s * s
+            s22 += wp * s * s
             s03 += wb * u
             s13 += wb * t
             s23 += wb * s
@@ -526,10 +581,17 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
             r1 += wr * t
             r2 += wr * s
             r3 += wr
+            if newton:
+                r4 += wr * chi_work[3, j]
+                r5 += wr * chi_work[4, j]
+                r6 += wr * chi_work[5, j]
         if n_row == 0:
             continue
         _add_row(alpha, row_shape, row_peak, dq, dq_mid, inv_sq2, s_q, r0, r1, r2, r3,
                  s00, s01, s02, s03, s11, s12, s13, s22, s23, s33, normal_matrix, gradient)
+        if newton:
+            _subtract_row_curvature(normal_matrix, i0, row_shape, dq, s_q, inv_sq2, r0, r1, r2, r4,
+                                    r5, r6)
     _mirror(normal_matrix)
     return 2.0 * deviance, pearson
 
@@ -537,7 +599,7 @@ def poisson_normal_equations_kernel(p, mean_counts, variance, exposure, offset, 
 @numba.njit(cache=True, error_model="numpy")
 def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, offset, q_points,
                                    chi_points, q_mid_nm, normal_matrix, gradient, observed,
-                                   use_ref, ref, out, q_var, chi_var):
+                                   use_ref, ref, out, q_var, chi_var, prevalidated=False):
     """Merit, chi2, normal matrix and gradient with the model evaluated at a point per bin.
 
     The non-separable counterpart of :func:`normal_equations_kernel` (``poisson`` False) and
@@ -546,8 +608,9 @@ def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, 
     centre (pixels of 2 x 2 per bin sit up to a tenth of a bin off it: 0.3 % of q0 for a
     first-order SAXS peak). Exact Jacobian per bin; one exponential and 28 multiply-adds per
     bin. A bin whose point is not finite is skipped. ``observed``, ``use_ref``, ``ref``,
-    ``out``: as in :func:`poisson_normal_equations_kernel` (Poisson only). ``q_var``,
-    ``chi_var`` (n_q, n_chi): each bin's broadening (see :func:`model_at`).
+    ``out``, ``prevalidated`` (the exposure is then also 0 where a point is not finite): as
+    in :func:`poisson_normal_equations_kernel` (Poisson only). ``q_var``, ``chi_var``
+    (n_q, n_chi): each bin's broadening (see :func:`model_at`).
 
     Returns
     -------
@@ -573,20 +636,27 @@ def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, 
     n_chi = mean_counts.shape[1]
     for i in range(mean_counts.shape[0]):
         for j in range(n_chi):
-            y = mean_counts[i, j]
-            v = variance[i, j]
-            qp = q_points[i, j]
-            cp = chi_points[i, j]
-            if not (math.isfinite(y) and math.isfinite(v) and v > 0.0 and math.isfinite(qp)
-                    and math.isfinite(cp)):
-                continue
             e = 0.0
             o = 0.0
-            if poisson:
+            v = 1.0
+            if poisson and prevalidated:
                 e = exposure[i, j]
-                o = offset[i, j]
-                if not (math.isfinite(e) and e > 0.0 and math.isfinite(o)):
+                if not e > 0.0:
                     continue
+                o = offset[i, j]
+            else:
+                v = variance[i, j]
+                if not (math.isfinite(mean_counts[i, j]) and math.isfinite(v) and v > 0.0
+                        and math.isfinite(q_points[i, j]) and math.isfinite(chi_points[i, j])):
+                    continue
+                if poisson:
+                    e = exposure[i, j]
+                    o = offset[i, j]
+                    if not (math.isfinite(e) and e > 0.0 and math.isfinite(o)):
+                        continue
+            y = mean_counts[i, j]
+            qp = q_points[i, j]
+            cp = chi_points[i, j]
             dq = qp - q0
             dchi = cp - chi0
             dq_mid = qp - q_mid_nm

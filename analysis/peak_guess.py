@@ -44,13 +44,15 @@ CLIP_SIGMAS = 3.0
 
 @numba.njit(cache=True, error_model="numpy")
 def _median_inplace(buffer, n):
-    """Median of ``buffer[:n]`` (sorts that part in place); ``n`` >= 1."""
-    part = buffer[:n]
-    part.sort()
+    """Median of ``buffer[:n]``; ``n`` >= 1."""
     half = n // 2
+    if n == 1:
+        return buffer[0]
+    # quickselect (a partitioned copy): element ``half`` in sorted order, the smaller ones before it
+    ordered = np.partition(buffer[:n], half)
     if n % 2 == 1:
-        return part[half]
-    return 0.5 * (part[half - 1] + part[half])
+        return ordered[half]
+    return 0.5 * (ordered[:half].max() + ordered[half])
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -118,23 +120,30 @@ def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, 
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _in_selection(i, j, n_q, n_chi, q_value, q_mid, ring, which):
-    """Bin membership for the background level: 0/1 low/high-q half of the ring, 2 ring, 3 all."""
-    if which == 3:
-        return True
-    in_ring = i < ring or i >= n_q - ring or j < ring or j >= n_chi - ring
-    if which == 2 or not in_ring:
-        return in_ring
-    return (q_value >= q_mid) == (which == 1)
+def _row_selected(q_value, q_mid, which):
+    """Whether a q row takes part in a selection (see ``_background_level``)."""
+    return which >= 2 or (q_value >= q_mid) == (which == 1)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _row_ring_columns(i, n_q, n_chi, ring, which):
+    """Column ranges ``[0, a)`` and ``[b, n_chi)`` of row ``i`` in a selection: the whole row
+    for the ring's first and last ``ring`` rows (and for ``which == 3``, all bins), else its
+    first and last ``ring`` columns."""
+    if which == 3 or i < ring or i >= n_q - ring:
+        return n_chi, n_chi
+    return min(ring, n_chi), max(n_chi - ring, min(ring, n_chi))
 
 
 @numba.njit(cache=True, error_model="numpy")
 def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, sort_buffer):
-    """Clipped mean of the valid bins of a selection (see ``_in_selection``).
+    """Clipped mean of the valid bins of a selection: 0/1 the low/high-q half of the border
+    ring (rows below / at or above ``q_mid``), 2 the ring, 3 all bins.
 
     The mean of the values at most ``CLIP_SIGMAS`` standard deviations (of each bin) above
     the selection's median: unbiased for low, discrete counts (where a median is not) and
-    blind to a peak reaching into the selection.
+    blind to a peak reaching into the selection. Only the selection's bins are visited, in
+    row-major order.
 
     Returns ``(n_bins, level, q_mean)``; level and q_mean are 0 when ``n_bins`` is 0.
     """
@@ -142,14 +151,18 @@ def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, 
     n_chi = chi_deg.shape[0]
     n = 0
     for i in range(n_q):
-        for j in range(n_chi):
-            if not _in_selection(i, j, n_q, n_chi, q_nm[i], q_mid, ring, which):
-                continue
-            y = mean_counts[i, j]
-            v = variance[i, j]
-            if math.isfinite(y) and math.isfinite(v) and v > 0.0:
-                sort_buffer[n] = y
-                n += 1
+        if not _row_selected(q_nm[i], q_mid, which):
+            continue
+        first_end, second_start = _row_ring_columns(i, n_q, n_chi, ring, which)
+        for part in range(2):
+            j_start = 0 if part == 0 else second_start
+            j_end = first_end if part == 0 else n_chi
+            for j in range(j_start, j_end):
+                y = mean_counts[i, j]
+                v = variance[i, j]
+                if math.isfinite(y) and math.isfinite(v) and v > 0.0:
+                    sort_buffer[n] = y
+                    n += 1
     if n == 0:
         return 0, 0.0, 0.0
     median = _median_inplace(sort_buffer, n)
@@ -157,21 +170,42 @@ def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, 
     q_sum = 0.0
     n_kept = 0
     for i in range(n_q):
-        for j in range(n_chi):
-            if not _in_selection(i, j, n_q, n_chi, q_nm[i], q_mid, ring, which):
-                continue
-            y = mean_counts[i, j]
-            v = variance[i, j]
-            if math.isfinite(y) and math.isfinite(v) and v > 0.0:
-                if y <= median + CLIP_SIGMAS * math.sqrt(v):
-                    total += y
-                    q_sum += q_nm[i]
-                    n_kept += 1
+        if not _row_selected(q_nm[i], q_mid, which):
+            continue
+        first_end, second_start = _row_ring_columns(i, n_q, n_chi, ring, which)
+        for part in range(2):
+            j_start = 0 if part == 0 else second_start
+            j_end = first_end if part == 0 else n_chi
+            for j in range(j_start, j_end):
+                y = mean_counts[i, j]
+                v = variance[i, j]
+                if math.isfinite(y) and math.isfinite(v) and v > 0.0:
+                    if y <= median + CLIP_SIGMAS * math.sqrt(v):
+                        total += y
+                        q_sum += q_nm[i]
+                        n_kept += 1
     return n, total / n_kept, q_sum / n_kept
 
 
 @numba.njit(cache=True, error_model="numpy")
-def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buffer):
+def _three_row_sums(excess, variance, i, n_q, n_chi, sums):
+    """Per column, the sums over rows i - 1 .. i + 1 (inside the window) of the valid excess
+    (``excess`` row-major (n_q * n_chi,), NaN marks an invalid bin) into ``sums[0]`` and of
+    their variances into ``sums[1]``."""
+    for j in range(n_chi):
+        sums[0, j] = 0.0
+        sums[1, j] = 0.0
+    for ii in range(max(0, i - 1), min(n_q, i + 2)):
+        for j in range(n_chi):
+            e = excess[ii * n_chi + j]
+            valid = not math.isnan(e)
+            # selects, not branches: scattered invalid bins made a branch mispredict
+            sums[0, j] += e if valid else 0.0
+            sums[1, j] += variance[ii, j] if valid else 0.0
+
+
+@numba.njit(cache=True, error_model="numpy")
+def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buffer, row_scratch):
     """Initial guess for one window (Numba; algorithm in the module docstring).
 
     Parameters
@@ -183,7 +217,9 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
     guess_out : float64 (7,)
         Output: ``[I0, q0_nm, chi0_deg, sigma_q_nm, sigma_chi_deg, b0, b1]``.
     sort_buffer : float64 (>= n_q * n_chi,)
-        Scratch for the medians.
+        Scratch for the medians and the excess.
+    row_scratch : float64 (>= 2, >= n_chi)
+        Scratch for the 3 x 3 sums.
 
     Returns
     -------
@@ -234,18 +270,19 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
     j_max = n_chi // 2
     best = -np.inf
     for i in range(n_q):
+        _three_row_sums(sort_buffer, variance, i, n_q, n_chi, row_scratch)
         for j in range(n_chi):
-            if math.isnan(sort_buffer[i * n_chi + j]):
-                continue
-            total = 0.0
-            total_variance = 0.0
-            for ii in range(max(0, i - 1), min(n_q, i + 2)):
-                for jj in range(max(0, j - 1), min(n_chi, j + 2)):
-                    excess = sort_buffer[ii * n_chi + jj]
-                    if not math.isnan(excess):
-                        total += excess
-                        total_variance += variance[ii, jj]
+            total = row_scratch[0, j]
+            total_variance = row_scratch[1, j]
+            if j > 0:
+                total += row_scratch[0, j - 1]
+                total_variance += row_scratch[1, j - 1]
+            if j + 1 < n_chi:
+                total += row_scratch[0, j + 1]
+                total_variance += row_scratch[1, j + 1]
             smoothed = total / math.sqrt(total_variance)
+            if math.isnan(sort_buffer[i * n_chi + j]):
+                smoothed = -np.inf  # a select: only valid bins can be the maximum
             if smoothed > best:
                 best = smoothed
                 i_max = i
@@ -321,7 +358,7 @@ def guess_peak(mean_counts, variance, q_centres_nm, chi_centres_deg) -> np.ndarr
         raise ValueError(f"guess_peak: mean_counts {y.shape}, variance {v.shape}, q {q.shape} "
                          f"and chi {chi.shape} do not form one (n_q >= 2, n_chi >= 2) window")
     out = np.empty(N_PARAMS)
-    guess_peak_kernel(y, v, q, chi, out, np.empty(y.size))
+    guess_peak_kernel(y, v, q, chi, out, np.empty(y.size), np.empty((2, y.shape[1])))
     return out
 
 

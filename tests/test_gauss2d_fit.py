@@ -31,6 +31,7 @@ from analysis.gauss2d_model import (FWHM_PER_SIGMA, N_PARAMS, chi2_normal_equati
                                     model_at, normal_equations_kernel,
                                     points_normal_equations_kernel,
                                     poisson_deviance_terms, poisson_normal_equations_kernel,
+                                    poisson_valid_bins,
                                     q_mid_of, sigma_from_fwhm)
 from analysis.peak_guess import guess_peak, guess_peak_reference
 from analysis.status import Status
@@ -224,6 +225,65 @@ def test_poisson_kernels_match_numpy():
             assert call(negative, False) == (np.inf, np.inf)
 
 
+def _separable_poisson_call(y, v, e, o, q, chi, newton=False, prevalidated=False):
+    matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, y.size))
+
+    def call(params):
+        merit = poisson_normal_equations_kernel(
+            params, y, v, e, o, q, chi, q_mid_of(q), np.empty(N_Q), np.empty((6, N_CHI)),
+            np.empty(7), matrix, gradient, True, False, means, means, 2e-4, 0.3, newton,
+            prevalidated)
+        return merit, matrix.copy(), gradient.copy()
+    return call
+
+
+def test_newton_matrix_is_the_hessian_of_the_deviance():
+    """With ``newton`` the separable Poisson kernel's matrix is the whole Hessian of half the
+    deviance: minus the derivative of its score, taken numerically; the default (observed
+    information without the model's curvature) is not."""
+    p, y, v, e, o, q, chi, _ = _poisson_window(layout=WAXS)
+    newton = _separable_poisson_call(y, v, e, o, q, chi, newton=True)
+    _, hessian, score = newton(p)
+    numeric = np.empty((N_PARAMS, N_PARAMS))
+    for k in range(N_PARAMS):
+        h = 1e-6 * max(abs(p[k]), 1e-2)
+        up, down = p.copy(), p.copy()
+        up[k] += h
+        down[k] -= h
+        numeric[:, k] = -(newton(up)[2] - newton(down)[2]) / (2 * h)
+    scale = np.sqrt(np.outer(np.abs(np.diag(numeric)), np.abs(np.diag(numeric))))
+    np.testing.assert_allclose(hessian / scale, numeric / scale, atol=1e-6)
+    _, observed, score_default = _separable_poisson_call(y, v, e, o, q, chi)(p)
+    np.testing.assert_array_equal(score, score_default)  # same score, other matrix
+    assert np.max(np.abs(observed - numeric) / scale) > 1e-2
+
+
+def test_prevalidated_kernels_equal_the_checking_ones():
+    """Given the exposure zeroed where a bin does not enter the fit, the kernels' one-test path
+    gives bit for bit the results of their per-bin checks (NaN values, zero variances and
+    exposures, and at points a non-finite point in the window)."""
+    p, y, v, e, o, q, chi, rng = _poisson_window()
+    points, broadening = jittered_points(rng, q, chi)
+    points = (points[0].copy(), points[1])
+    points[0][30, 5:9] = np.nan
+    usable = np.where(poisson_valid_bins(y, v, e, o), e, 0.0)
+    for newton in (False, True):
+        checked = _separable_poisson_call(y, v, e, o, q, chi, newton)(p)
+        one_test = _separable_poisson_call(y, v * np.nan, usable, o, q, chi, newton, True)(p)
+        for a, b in zip(checked, one_test):
+            np.testing.assert_array_equal(a, b)
+    usable_points = np.where(np.isfinite(points[0]) & np.isfinite(points[1]), usable, 0.0)
+    results = []
+    for exposure, variance, prevalidated in ((e, v, False), (usable_points, v * np.nan, True)):
+        matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, y.size))
+        merit = points_normal_equations_kernel(
+            True, p, y, variance, exposure, o, points[0], points[1], q_mid_of(q), matrix, gradient,
+            True, False, means, means, *broadening, prevalidated)
+        results.append((merit, matrix, gradient))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_cholesky_matches_numpy_and_detects_singular_matrices():
     rng = np.random.default_rng(4)
     for _ in range(20):
@@ -278,6 +338,16 @@ def test_guess_kernel_matches_numpy_reference_and_is_finite(name):
     assert np.all(np.isfinite(guess))
     assert guess[0] > 0 and guess[3] > 0 and guess[4] > 0
     assert q[0] <= guess[1] <= q[-1] and chi[0] <= guess[2] <= chi[-1]
+
+
+def test_guess_median_equals_numpy():
+    """The guess's quickselect median, odd and even counts, with ties and a single value."""
+    from analysis.peak_guess import _median_inplace
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 4, 7, 10, 449, 450):
+        for values in (rng.normal(size=n), rng.integers(0, 3, size=n).astype(float)):
+            buffer = np.concatenate([values, rng.normal(size=5)])  # only the first n count
+            assert _median_inplace(buffer, n) == np.median(values)
 
 
 def test_guess_lands_near_the_peak():
