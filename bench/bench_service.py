@@ -6,7 +6,8 @@ frames (bitshuffle-LZ4), and measures, in one run:
 
 * latency at fixed rates (``overflow="drop"``, so frames the workers cannot take are dropped and
   counted): p50/p99 of the collector's per-result latency (ingest receive -> placed on the map)
-  and of "frame leaves the simulator -> its pixel appears in a published map snapshot" (seen by a
+  split into waiting for a worker, analysis in the worker and result delivery, and of "frame
+  leaves the simulator -> its pixel appears in a published map snapshot" (seen by a
   :class:`stream.published_state.MapSubscriber`; snapshots go out at most 5 times a second);
 * the sustained rate (``overflow="block"``: the sender is slowed, nothing dropped) with 1 and 2
   workers, frames/s = frames / (first frame sent -> series finished), uint32 and uint16 frames;
@@ -43,6 +44,16 @@ def proc_status_kib(pid: int | str, field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int | str = "self") -> float | None:
+    """User + system CPU time of a process (``/proc/<pid>/stat``), None when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def reset_peak_rss(pid: int | str = "self") -> bool:
@@ -154,12 +165,17 @@ class Bench:
         for position in range(source.n_frames):
             source.chunk(position)  # compress before the clock starts
         self.sent_at = []
-        for pid in [p.pid for p in self.service.workers] + ["self"]:
+        pids = {"service": "self", **{p.name: p.pid for p in self.service.workers}}
+        for pid in pids.values():
             reset_peak_rss(pid)
+        cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        clock_start = time.monotonic()
         report = self.server.send_series(source, series_id=self.series_id, rate_hz=rate_hz, n_frames=n_frames,
                                          wait_for_peers_s=30)
         outcome = self.service.wait_for_series(timeout_s=600)
         finished = time.monotonic()
+        cores = {name: (cpu_seconds(pid) - cpu_start[name]) / (finished - clock_start)
+                 for name, pid in pids.items() if cpu_start[name] is not None and cpu_seconds(pid) is not None}
         time.sleep(0.3)  # the final snapshot reaches the subscriber
         sent = np.asarray(self.sent_at)
         if rate_hz:  # the server paces after the stamp: a frame leaves at max(stamp, schedule)
@@ -172,10 +188,11 @@ class Bench:
             "n": n_frames, "rate": rate_hz, "report": report, "outcome": outcome,
             "elapsed_s": finished - sent[0],
             "collector_ms": outcome.latencies_ms,
+            "parts_ms": np.asarray(outcome.latency_parts_ms, dtype=np.float64).reshape(-1, 3),
             "published_ms": published_ms[np.isfinite(published_ms)],
             "received": summary.received if summary else None, "dropped": summary.dropped if summary else None,
             "results": outcome.results, "errors": dict(outcome.analysis_errors),
-            "rss_kib": self.rss_kib(), "map_bytes": len(self.service.config.setup.parameter_names()) * grid.n_points * 12,
+            "rss_kib": self.rss_kib(), "cpu_cores": cores, "map_bytes": len(self.service.config.setup.parameter_names()) * grid.n_points * 12,
         }
 
     def rss_kib(self) -> dict[str, tuple[int | None, int | None]]:
@@ -234,6 +251,11 @@ def main() -> None:
                 print(f"  {rate:5.0f} frames/s (sent at {achieved:5.1f}): received {r['received']}, dropped "
                       f"{r['dropped']}, analysed {r['results']}", flush=True)
                 print(f"        ingest -> placed on map     {percentiles(r['collector_ms'])}", flush=True)
+                for column, label in enumerate(("waiting for a worker", "analysis in the worker",
+                                                "result -> placed")):
+                    print(f"          {label:24s}  {percentiles(r['parts_ms'][:, column])}", flush=True)
+                busy = ", ".join(f"{name} {cores:.2f}" for name, cores in r["cpu_cores"].items())
+                print(f"        CPU cores busy: {busy} (service: also the simulator and subscriber)", flush=True)
                 print(f"        sent -> in published map    {percentiles(r['published_ms'])}", flush=True)
         finally:
             bench.close()

@@ -7,7 +7,6 @@ Analyzers (with their geometry tables) are built once per pixel mask and reused.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from analysis.errors import GeometryError
 from analysis.frame_analysis import FrameAnalyzer
+from stream import wire
 from stream.background_file import load_background
 from stream.bundled_config import default_config_dir
 from stream.config_files import load_geometry, load_peak_model
@@ -80,8 +80,9 @@ class AnalyzerCache:
         self.parameter_names = FrameAnalyzer.parameter_names_for(self.peak_model)
         self._by_mask: dict[str, FrameAnalyzer] = {}
 
-    def _build(self, pixel_mask: np.ndarray | None) -> FrameAnalyzer:
-        key = "none" if pixel_mask is None else hashlib.sha1(np.ascontiguousarray(pixel_mask)).hexdigest()
+    def _build(self, pixel_mask: np.ndarray | None, digest: str | None = None) -> FrameAnalyzer:
+        """The analyzer of a mask (``digest``: its :func:`stream.wire.pixel_mask_digest`, when known)."""
+        key = "none" if pixel_mask is None else (digest or wire.pixel_mask_digest(pixel_mask))
         if key not in self._by_mask:
             log.info("building geometry tables for mask %s", key[:8])
             self._by_mask[key] = FrameAnalyzer(
@@ -104,7 +105,7 @@ class AnalyzerCache:
         if pixel_mask is not None and pixel_mask.shape != self.geometry.shape:
             raise GeometryError(f"pixel mask shape {pixel_mask.shape} does not match the geometry "
                                 f"{self.geometry.shape}")
-        return self._build(pixel_mask)
+        return self._build(pixel_mask, getattr(info, "pixel_mask_digest", None))
 
 
 def resolve_config_path(name: str | None, default: str) -> str:

@@ -34,7 +34,10 @@ class SeriesOutcome:
 
     ``summary`` is the ingest's accounting with the frames the workers could not decompress
     merged in (counted undecodable with their reasons, not received); ``analysis_errors``
-    holds only the failures of frames that were decoded.
+    holds only the failures of frames that were decoded. ``latencies_ms``: per result, ingest
+    receive -> placed on the map; ``latency_parts_ms`` splits it into (waiting for a worker:
+    queued in the ingest and in transit, analysis in the worker from its receipt of the frame,
+    result delivery and placement), from the wall clocks of the three processes.
     """
 
     info: wire.SeriesInfo
@@ -45,6 +48,7 @@ class SeriesOutcome:
     analysis_errors: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    latency_parts_ms: list[tuple[float, float, float]] = field(default_factory=list)
     complete: bool = True
     average: object = None  # analysis.average_pattern.AveragePatternResult, when analysed
 
@@ -60,6 +64,7 @@ class _Series:
         self.errors: dict[str, int] = {}
         self.problems: list[str] = []
         self.latencies_ms: list[float] = []
+        self.latency_parts_ms: list[tuple[float, float, float]] = []
         self.summary_at: float | None = None
         self.outside_grid = 0
         self.workers: list[str] | None = None
@@ -197,7 +202,13 @@ class Collector(LoopThread):
         if meta.get("error"):
             _record_error(series, meta)
         if meta.get("received_ns"):
-            series.latencies_ms.append((time.time_ns() - meta["received_ns"]) / 1e6)
+            now_ns = time.time_ns()
+            series.latencies_ms.append((now_ns - meta["received_ns"]) / 1e6)
+            if meta.get("started_ns") and meta.get("done_ns"):
+                # wall clocks of ingest, worker and collector: exact on one host only
+                series.latency_parts_ms.append(((meta["started_ns"] - meta["received_ns"]) / 1e6,
+                                                (meta["done_ns"] - meta["started_ns"]) / 1e6,
+                                                (now_ns - meta["done_ns"]) / 1e6))
         if values.size != len(self.parameters):
             series.errors["result of the wrong length"] = series.errors.get("result of the wrong length", 0) + 1
             values = np.full(len(self.parameters), np.nan)
@@ -243,7 +254,8 @@ class Collector(LoopThread):
         outcome = SeriesOutcome(
             info=series.info, grid=series.grid, maps=series.maps, summary=summary,
             results=series.results, analysis_errors=series.errors, problems=series.problems,
-            latencies_ms=series.latencies_ms, complete=complete and series.summary is not None,
+            latencies_ms=series.latencies_ms, latency_parts_ms=series.latency_parts_ms,
+            complete=complete and series.summary is not None,
             average=average,
         )
         if self.publisher is not None:

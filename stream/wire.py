@@ -20,6 +20,8 @@ kind               direction                   parts after the kind
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -84,6 +86,9 @@ class SeriesInfo:
     count_time_s: float | None
     appendix: Any = None
     header_seen: bool = True
+    pixel_mask_digest: str | None = None
+    """SHA-1 of the series' pixel mask (little-endian uint32), set by :func:`encode_series`:
+    the workers find the analyzer of a mask seen before without hashing 18 MB again."""
 
     @classmethod
     def from_start(cls, start: SeriesStart) -> "SeriesInfo":
@@ -129,22 +134,30 @@ class SeriesInfo:
         return cls(**data)
 
 
+def pixel_mask_digest(pixel_mask: np.ndarray) -> str:
+    """SHA-1 (hex) of a pixel mask as little-endian uint32."""
+    return hashlib.sha1(np.ascontiguousarray(pixel_mask, dtype="<u4")).hexdigest()
+
+
 def encode_series(info: SeriesInfo, pixel_mask: np.ndarray | None) -> list[bytes]:
     mask = b"" if pixel_mask is None else np.ascontiguousarray(pixel_mask, dtype="<u4").tobytes()
-    return [SERIES, dumps(info.as_dict()), mask]
+    digest = None if pixel_mask is None else hashlib.sha1(mask).hexdigest()
+    return [SERIES, dumps(dict(info.as_dict(), pixel_mask_digest=digest)), mask]
 
 
 def decode_series(parts: list) -> tuple[SeriesInfo, np.ndarray | None]:
     if len(parts) != 3:
         raise ProtocolError(f"series message has {len(parts)} parts, expected 3")
     info = SeriesInfo.from_dict(loads(parts[1]))
-    mask_bytes = bytes(parts[2])
+    mask_bytes = memoryview(parts[2])  # no copy: the mask is a read-only view of the message
     mask = None
-    if mask_bytes:
-        if info.image_shape is None or len(mask_bytes) != 4 * info.image_shape[0] * info.image_shape[1]:
-            raise ProtocolError(f"series {info.series_id}: pixel mask of {len(mask_bytes)} bytes "
+    if mask_bytes.nbytes:
+        if info.image_shape is None or mask_bytes.nbytes != 4 * info.image_shape[0] * info.image_shape[1]:
+            raise ProtocolError(f"series {info.series_id}: pixel mask of {mask_bytes.nbytes} bytes "
                                 f"does not fit shape {info.image_shape}")
         mask = np.frombuffer(mask_bytes, dtype="<u4").reshape(info.image_shape)
+    elif info.pixel_mask_digest is not None:
+        raise ProtocolError(f"series {info.series_id}: a pixel mask digest without a mask")
     return info, mask
 
 

@@ -105,6 +105,11 @@ def test_two_workers_place_every_frame_and_account_for_it_exactly(service, detec
     assert outcome.maps.n_repeated == 0 and (outcome.maps.measured_count == 1).all()
     np.testing.assert_allclose(outcome.maps.values["saxs_intensity"], expected_saxs_map(saxs_pixel_count(setup)),
                                rtol=1e-12)
+    # every result's latency, split into waiting, analysis and delivery (one host: one clock)
+    parts = np.asarray(outcome.latency_parts_ms)
+    assert parts.shape == (N_FRAMES, 3) and len(outcome.latencies_ms) == N_FRAMES
+    assert (parts >= 0).all() and (parts[:, 1] > 0).all()
+    np.testing.assert_allclose(parts.sum(axis=1), outcome.latencies_ms, atol=1e-3)
 
 
 def test_corrupt_blob_is_counted_undecodable_with_its_reason(service, detector, setup):

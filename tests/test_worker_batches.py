@@ -127,3 +127,27 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     assert worker.frames_done == len(messages)
     # the bitshuffle-LZ4 frames of the detector's shape went through the fused decode + regroup
     assert len(fused_payloads) == 6  # frames 0-4 and 6 (5 has the wrong shape for it)
+
+
+def test_series_message_carries_the_mask_digest_and_a_view_of_the_mask(tmp_path):
+    """The series message names its pixel mask by digest, so that a worker finds the analyzer
+    of a mask seen before without hashing it, and hands the mask over without a copy."""
+    from stream.analysis_setup import AnalyzerCache
+
+    mask = np.zeros(SHAPE, np.uint32)
+    mask[3, 4:9] = 1
+    info = wire.SeriesInfo(4, "v1", 2, SHAPE, "uint32", None, None, None, None, None)
+    parts = wire.encode_series(info, mask)
+    decoded, decoded_mask = wire.decode_series(parts)
+    assert decoded.pixel_mask_digest == wire.pixel_mask_digest(mask)
+    np.testing.assert_array_equal(decoded_mask, mask)
+    assert not decoded_mask.flags.writeable and not decoded_mask.flags.owndata
+    assert wire.decode_series(wire.encode_series(info, None))[0].pixel_mask_digest is None
+    with pytest.raises(wire.ProtocolError, match="digest without a mask"):
+        wire.decode_series([parts[0], parts[1], b""])
+    cache = AnalyzerCache(write_setup(tmp_path))
+    by_digest = cache.for_series(decoded, decoded_mask)
+    assert cache.for_series(info, mask.copy()) is by_digest  # hashed here: the same key
+    other = mask.copy()
+    other[0, 0] = 1
+    assert cache.for_series(info, other) is not by_digest
