@@ -8,7 +8,7 @@ frames (bitshuffle-LZ4), and measures, in one run:
   counted): p50/p99 of the collector's per-result latency (ingest receive -> placed on the map)
   split into waiting for a worker, analysis in the worker and result delivery, and of "frame
   leaves the simulator -> its pixel appears in a published map snapshot" (seen by a
-  :class:`stream.published_state.MapSubscriber`; snapshots go out at most 5 times a second);
+  :class:`stream.published_state.MapSubscriber`; pixel updates at most 50 times a second);
 * the sustained rate (``overflow="block"``: the sender is slowed, nothing dropped) with 1 and 2
   workers, frames/s = frames / (first frame sent -> series finished), uint32 and uint16 frames;
 * peak RSS (``VmHWM`` from ``/proc``) of the service process and of every worker for a 61 x 61

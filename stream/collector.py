@@ -2,8 +2,9 @@
 series is complete, and hands the finished maps to whoever writes them.
 
 One collector per service; workers and the ingest PUSH to its PULL socket. The map state is
-also published (PUB, snapshots, newest wins) for viewers: a slow viewer drops snapshots and
-never slows the service.
+also published (PUB: pixel updates and full snapshots, newest wins; see
+:mod:`stream.published_state`) for viewers: a slow viewer drops messages and never slows the
+service.
 """
 
 from __future__ import annotations

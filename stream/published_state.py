@@ -1,24 +1,38 @@
 """Published map state: what viewers (and anything else) may read of a running service.
 
-The collector PUBlishes snapshots of the maps; subscribers keep only the newest. PUB never
-blocks: with a small send high-water mark a slow subscriber simply misses snapshots.
+The collector PUBlishes the maps; subscribers keep only the newest state. PUB never blocks: with
+a small send high-water mark a slow subscriber simply misses messages. Two kinds of message:
 
-Message: ``[b"maps", JSON meta, values float32 (n_parameters, rows, columns), statuses uint8
-(same shape)]`` where meta holds ``series_id``, ``version``, ``parameters``, ``grid``
-(:meth:`analysis.scan_grid.ScanGrid.as_dict`), ``measured`` (points done) and ``final``.
+* full snapshots, ``[b"maps", JSON meta, values float32 (n_parameters, rows, columns), statuses
+  uint8 (same shape)]``, at most ``max_rate_hz`` times a second (default 2), at the end of a
+  series, and repeated (see below). Meta: ``series_id``, ``version``, ``parameters``, ``grid``
+  (:meth:`analysis.scan_grid.ScanGrid.as_dict`), ``measured`` (points done), ``final`` and
+  ``publisher`` (a token of the publishing process);
+* pixel updates, ``[b"pixels", JSON meta, flat indices int64 (k,), values float32
+  (n_parameters, k), statuses uint8 (n_parameters, k)]``, at most ``pixel_rate_hz`` times a
+  second (default 50): the points measured since the previous message of the series. Meta:
+  ``series_id``, ``version``, ``base_version`` (the version they apply to), ``measured``,
+  ``publisher``. They keep a live map within tens of milliseconds of its results at the cost
+  of a few hundred bytes each, where a full snapshot of a 200 x 200 scan is 24 MB.
+
+A subscriber applies a pixel update only on top of the version it names, so a message lost on
+the way (high-water mark, a late subscriber) leaves its map as it was until the next full
+snapshot, at most 1 / ``max_rate_hz`` later; after a series' last pixel update a full snapshot
+always follows.
 
 PUB/SUB loses what a subscriber did not receive: a snapshot dropped at the high-water mark, or
 published before a viewer connected. So while nothing new is published the publisher sends its
-newest message again every ``repeat_interval_s`` (the encoded message is kept: a repeat costs
-one send). After a scan that is the final snapshot of the series that finished last, so a viewer
-that missed it, or connects after the scan, still shows the final map. A repeat carries the same
-series and version: subscribers skip versions they already have.
+newest full snapshot again every ``repeat_interval_s`` (the encoded message is kept: a repeat
+costs one send). After a scan that is the final snapshot of the series that finished last, so a
+viewer that missed it, or connects after the scan, still shows the final map. A repeat carries
+the same series and version: subscribers skip versions they already have.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 
 import numpy as np
 import zmq
@@ -28,6 +42,7 @@ from analysis.scan_grid import ScanGrid
 from stream import wire
 
 MAPS = b"maps"
+PIXELS = b"pixels"
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,9 @@ class MapSnapshot:
         Scan points with a result.
     final : bool
         True for the last snapshot of a finished series.
+
+    A :class:`MapSubscriber` applies later pixel updates of the series to ``values`` and
+    ``statuses`` in place: copy them to keep a state.
     """
 
     series_id: int
@@ -59,6 +77,8 @@ class MapSnapshot:
     statuses: np.ndarray
     measured: int
     final: bool = False
+    publisher: str = ""
+    """Token of the publishing process (pixel updates apply only to its own snapshots)."""
 
     def map(self, name: str) -> np.ndarray:
         return self.values[self.parameters.index(name)]
@@ -66,6 +86,7 @@ class MapSnapshot:
 
 def encode_snapshot(snapshot: MapSnapshot) -> list[bytes]:
     meta = {
+        "publisher": snapshot.publisher,
         "series_id": snapshot.series_id,
         "version": snapshot.version,
         "parameters": list(snapshot.parameters),
@@ -87,78 +108,159 @@ def decode_snapshot(parts: list) -> MapSnapshot:
     meta = wire.loads(parts[1])
     grid = ScanGrid.from_dict(meta["grid"])
     shape = (len(meta["parameters"]), *grid.shape)
-    values = np.frombuffer(bytes(parts[2]), dtype="<f4")
-    statuses = np.frombuffer(bytes(parts[3]), dtype=np.uint8)
+    # writable copies: a subscriber applies later pixel updates in place
+    values = np.frombuffer(bytearray(parts[2]), dtype="<f4")
+    statuses = np.frombuffer(bytearray(parts[3]), dtype=np.uint8)
     if values.size != np.prod(shape) or statuses.size != np.prod(shape):
         raise ProtocolError(f"map snapshot arrays do not fit shape {shape}")
     return MapSnapshot(
         series_id=int(meta["series_id"]), version=int(meta["version"]),
         parameters=tuple(meta["parameters"]), grid=grid,
         values=values.reshape(shape), statuses=statuses.reshape(shape),
-        measured=int(meta["measured"]), final=bool(meta["final"]),
+        measured=int(meta["measured"]), final=bool(meta["final"]), publisher=str(meta.get("publisher", "")),
     )
 
 
-def snapshot_of(series_id: int, version: int, parameters, grid: ScanGrid, maps, final=False) -> MapSnapshot:
+def snapshot_of(series_id: int, version: int, parameters, grid: ScanGrid, maps, final=False,
+                publisher: str = "") -> MapSnapshot:
     """Build a snapshot from an :class:`analysis.map_state.MapState`."""
     values = np.stack([maps.values[name] for name in parameters]).astype(np.float32)
     statuses = np.stack([np.minimum(maps.statuses[name], 255) for name in parameters]).astype(np.uint8)
     return MapSnapshot(series_id, version, tuple(parameters), grid, values, statuses,
-                       int(maps.n_measured), final)
+                       int(maps.n_measured), final, publisher)
+
+
+def encode_pixels(series_id: int, version: int, base_version: int, maps, indices: np.ndarray,
+                  publisher: str = "") -> list[bytes]:
+    """A pixel update: the points ``indices`` (flat, row-major) of an
+    :class:`analysis.map_state.MapState`, to be applied on top of version ``base_version``."""
+    indices = np.ascontiguousarray(indices, dtype="<i8")
+    values = np.stack([maps.values[name].reshape(-1)[indices] for name in maps.parameters]).astype("<f4")
+    statuses = np.stack([np.minimum(maps.statuses[name].reshape(-1)[indices], 255)
+                         for name in maps.parameters]).astype(np.uint8)
+    meta = {"publisher": publisher, "series_id": series_id, "version": version,
+            "base_version": base_version, "measured": int(maps.n_measured)}
+    return [PIXELS, wire.dumps(meta), indices.tobytes(), values.tobytes(), statuses.tobytes()]
+
+
+def apply_pixels(snapshot: MapSnapshot, parts: list) -> MapSnapshot | None:
+    """Apply a pixel update to ``snapshot`` (its arrays change in place) and return the new
+    state, or None when the update does not follow ``snapshot``'s version (or another
+    publisher's state) and so cannot be applied.
+
+    Raises
+    ------
+    ProtocolError
+        A malformed pixel message (nothing is applied then).
+    """
+    if len(parts) != 5 or bytes(parts[0]) != PIXELS:
+        raise ProtocolError("not a pixel update message")
+    meta = wire.loads(parts[1])
+    if (int(meta["series_id"]) != snapshot.series_id or int(meta["base_version"]) != snapshot.version
+            or meta.get("publisher", "") != snapshot.publisher):
+        return None
+    indices = np.frombuffer(bytes(parts[2]), dtype="<i8")
+    n_parameters, n_points = len(snapshot.parameters), snapshot.grid.n_points
+    values = np.frombuffer(bytes(parts[3]), dtype="<f4")
+    statuses = np.frombuffer(bytes(parts[4]), dtype=np.uint8)
+    if (values.size != n_parameters * indices.size or statuses.size != values.size
+            or (indices.size and (indices.min() < 0 or indices.max() >= n_points))):
+        raise ProtocolError(f"pixel update of {indices.size} points does not fit the series' maps")
+    snapshot.values.reshape(n_parameters, -1)[:, indices] = values.reshape(n_parameters, -1)
+    snapshot.statuses.reshape(n_parameters, -1)[:, indices] = statuses.reshape(n_parameters, -1)
+    return replace(snapshot, version=int(meta["version"]), measured=int(meta["measured"]), final=False)
 
 
 class MapPublisher:
-    """PUB socket publishing map snapshots at most ``max_rate_hz`` times a second.
+    """PUB socket publishing the maps: full snapshots at most ``max_rate_hz`` times a second and
+    pixel updates (the points measured since) at most ``pixel_rate_hz`` times a second.
 
-    :meth:`maybe_publish` (called in the owner's loop) also repeats the newest message when
-    nothing was published for ``repeat_interval_s`` (see the module docstring); ``repeats``
-    counts those sends.
+    :meth:`maybe_publish` (called in the owner's loop) also repeats the newest full snapshot
+    when nothing was published for ``repeat_interval_s`` (see the module docstring);
+    ``repeats`` counts those sends, ``pixel_updates`` the pixel messages sent.
     """
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None, max_rate_hz: float = 5.0,
-                 repeat_interval_s: float = 1.0) -> None:
+    def __init__(self, endpoint: str, context: zmq.Context | None = None, max_rate_hz: float = 2.0,
+                 repeat_interval_s: float = 1.0, pixel_rate_hz: float = 50.0) -> None:
         from stream.ingest import _bindable
 
+        if not (max_rate_hz > 0 and pixel_rate_hz > 0):
+            raise ValueError(f"publish rates must be > 0, got {max_rate_hz} and {pixel_rate_hz} Hz")
         self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
-        self.socket.setsockopt(zmq.SNDHWM, 2)
+        self.socket.setsockopt(zmq.SNDHWM, 8)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(_bindable(endpoint))
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.token = uuid.uuid4().hex[:12]
         self.min_interval_s = 1.0 / max_rate_hz
-        self._last = 0.0
+        self.pixel_interval_s = 1.0 / pixel_rate_hz
+        self._last_full = -float("inf")
+        self._last_pixels = -float("inf")
+        self._last_send = -float("inf")
         self.repeat_interval_s = float(repeat_interval_s)
         self._versions: dict[int, int] = {}
         self._published_results: dict[int, int] = {}
-        self._newest: list[bytes] | None = None  # the newest encoded message, for repeats
-        self._newest_at = 0.0
+        self._counts: dict[int, np.ndarray] = {}  # per series: frames per point when last published
+        self._behind: set[int] = set()  # series with pixel updates newer than their last snapshot
+        self._newest: list[bytes] | None = None  # the newest full snapshot, for repeats
         self.repeats = 0
+        self.pixel_updates = 0
 
     def maybe_publish(self, series: dict) -> None:
-        """Publish the series whose results changed (at most ``max_rate_hz`` times a second),
-        or, when there were none for ``repeat_interval_s``, the newest message again."""
+        """Publish what changed: a full snapshot of the series with new results (or with pixel
+        updates since their last one) when one is due, else their new points; when nothing was
+        sent for ``repeat_interval_s``, the newest full snapshot again."""
         now = time.monotonic()
-        if now - self._last < self.min_interval_s:
+        if now - self._last_pixels < self.pixel_interval_s:
             return
-        self._last = now
+        self._last_pixels = now
+        full_due = now - self._last_full >= self.min_interval_s
         for series_id, state in series.items():
-            if self._published_results.get(series_id) != state.results:
+            changed = self._published_results.get(series_id) != state.results
+            if full_due and (changed or series_id in self._behind):
                 self.publish_now(series_id, state, final=False)
-        if self._newest is not None and now - self._newest_at >= self.repeat_interval_s:
-            self._newest_at = now
+            elif changed:
+                self._publish_pixels(series_id, state)
+        if self._newest is not None and now - self._last_send >= self.repeat_interval_s:
             if self._send(self._newest):
                 self.repeats += 1
 
     def publish_now(self, series_id: int, state, final: bool = True) -> None:
+        """Publish a full snapshot of a series now (``final`` marks its last one)."""
         version = self._versions.get(series_id, 0) + 1
         self._versions[series_id] = version
         self._published_results[series_id] = state.results
-        snapshot = snapshot_of(series_id, version, state.maps.parameters, state.grid, state.maps, final)
-        self._newest, self._newest_at = encode_snapshot(snapshot), time.monotonic()
+        self._counts[series_id] = state.maps.measured_count.copy()
+        self._behind.discard(series_id)
+        snapshot = snapshot_of(series_id, version, state.maps.parameters, state.grid, state.maps, final,
+                               self.token)
+        self._newest = encode_snapshot(snapshot)
+        self._last_full = time.monotonic()
         self._send(self._newest)
+        if final:  # nothing more will change: forget the series (its snapshot stays for repeats)
+            self._counts.pop(series_id, None)
+
+    def _publish_pixels(self, series_id: int, state) -> None:
+        base = self._versions.get(series_id)
+        counts = self._counts.get(series_id)
+        self._published_results[series_id] = state.results
+        if base is None or counts is None or counts.shape != state.maps.measured_count.shape:
+            self.publish_now(series_id, state, final=False)  # nothing to build on: a full one
+            return
+        current = state.maps.measured_count
+        indices = np.flatnonzero(current != counts)
+        if indices.size == 0:
+            return
+        self._versions[series_id] = base + 1
+        counts[...] = current
+        self._behind.add(series_id)
+        if self._send(encode_pixels(series_id, base + 1, base, state.maps, indices, self.token)):
+            self.pixel_updates += 1
 
     def _send(self, parts: list[bytes]) -> bool:
         try:
             self.socket.send_multipart(parts, zmq.NOBLOCK, copy=False)
+            self._last_send = time.monotonic()
             return True
         except zmq.Again:
             return False  # nobody keeps up: drop, never block the collector
@@ -168,15 +270,26 @@ class MapPublisher:
 
 
 class MapSubscriber:
-    """SUB side for viewers: ``latest(timeout_ms)`` returns the newest snapshot or None."""
+    """SUB side for viewers: ``latest(timeout_ms)`` returns the newest map state or None.
+
+    Full snapshots replace a series' state (unless they are older than it: a repeat), pixel
+    updates are applied to it in place (see :class:`MapSnapshot`). ``missed_updates`` counts
+    pixel updates that did not follow the state held (a message lost before them, or no
+    snapshot yet): the state then waits for the series' next full snapshot. ``dropped_bad``
+    counts malformed messages.
+    """
 
     def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
         self.socket = (context or zmq.Context.instance()).socket(zmq.SUB)
-        self.socket.setsockopt(zmq.RCVHWM, 4)
+        self.socket.setsockopt(zmq.RCVHWM, 64)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SUBSCRIBE, MAPS)
+        self.socket.setsockopt(zmq.SUBSCRIBE, PIXELS)
         self.socket.connect(endpoint)
         self.dropped_bad = 0
+        self.missed_updates = 0
+        self.applied_updates = 0
+        self._states: dict[int, MapSnapshot] = {}
 
     def latest(self, timeout_ms: int = 0) -> MapSnapshot | None:
         newest = None
@@ -188,9 +301,32 @@ class MapSubscriber:
             except zmq.Again:
                 return newest
             try:
-                newest = decode_snapshot(parts)
-            except (ProtocolError, KeyError, ValueError):
+                state = self._apply(parts)
+            except (ProtocolError, KeyError, ValueError, TypeError):
                 self.dropped_bad += 1
+                continue
+            if state is not None:
+                newest = state
+
+    def _apply(self, parts: list) -> MapSnapshot | None:
+        if parts and bytes(parts[0]) == PIXELS:
+            series_id = int(wire.loads(parts[1])["series_id"]) if len(parts) > 1 else None
+            held = self._states.get(series_id)
+            state = None if held is None else apply_pixels(held, parts)
+            if state is None:
+                self.missed_updates += 1
+                return None
+            self.applied_updates += 1
+            self._states[series_id] = state
+            return state
+        snapshot = decode_snapshot(parts)
+        held = self._states.get(snapshot.series_id)
+        if held is not None and held.publisher == snapshot.publisher and snapshot.version < held.version:
+            return None  # a repeat of an older snapshot: the state held is newer
+        self._states[snapshot.series_id] = snapshot
+        if len(self._states) > 16:  # the newest series matter to a viewer
+            del self._states[next(iter(self._states))]
+        return snapshot
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -135,3 +135,94 @@ def test_the_collector_keeps_offering_the_final_map_to_a_viewer_that_comes_late(
         push.close(linger=0)
         if subscriber is not None:
             subscriber.close()
+
+
+def _subscribed(publisher: MapPublisher, series_id: int, state) -> MapSubscriber:
+    """A subscriber that has received a first full snapshot (PUB/SUB joins take a moment)."""
+    subscriber = MapSubscriber(publisher.endpoint)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        publisher.publish_now(series_id, state, final=False)
+        if subscriber.latest(50) is not None:
+            return subscriber
+    raise AssertionError("the subscriber never received a snapshot")
+
+
+def test_pixel_updates_keep_the_subscribers_map_equal_to_the_collectors_between_snapshots():
+    grid = ScanGrid((6, 7), snake=True)
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=0.5, pixel_rate_hz=200.0)
+    subscriber = _subscribed(publisher, 3, state)
+    try:
+        seen = None
+        for k in range(grid.n_points):
+            _measure(state, k)
+            time.sleep(0.006)
+            publisher.maybe_publish({3: state})
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and (seen is None or seen.measured < k + 1):
+                seen = subscriber.latest(20) or seen
+            assert seen.measured == k + 1, f"point {k} did not reach the subscriber"
+            np.testing.assert_array_equal(seen.map("saxs_intensity"),
+                                          state.maps.values["saxs_intensity"].astype(np.float32))
+            np.testing.assert_array_equal(seen.statuses[1], state.maps.statuses["a_mean_nm"])
+        assert subscriber.applied_updates >= grid.n_points - 2  # (a full snapshot may be due)
+        assert publisher.pixel_updates == subscriber.applied_updates and subscriber.missed_updates == 0
+        assert not seen.final
+    finally:
+        publisher.close()
+        subscriber.close()
+
+
+def test_a_lost_pixel_update_holds_the_map_until_the_next_full_snapshot():
+    """An update that does not follow the state held (one was lost before it), an older
+    snapshot repeated late, and a malformed update change nothing; the next full snapshot
+    brings the subscriber up to date."""
+    from stream.published_state import encode_pixels, encode_snapshot
+
+    grid = ScanGrid((3, 3))
+    maps = MapState(grid.shape, PARAMETERS)
+    context = zmq.Context.instance()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    subscriber = MapSubscriber(f"tcp://127.0.0.1:{port}")
+
+    def full(version):
+        return encode_snapshot(snapshot_of(2, version, PARAMETERS, grid, maps, publisher="p1"))
+
+    def receive():
+        deadline, newest = time.monotonic() + 2, None
+        while time.monotonic() < deadline:
+            newest = subscriber.latest(50) or newest
+            if newest is not None and not subscriber.socket.poll(50):
+                return newest
+        return newest
+
+    try:
+        maps.update(0, 0, [1.0, 2.0])
+        first = None
+        deadline = time.monotonic() + 5
+        while first is None and time.monotonic() < deadline:
+            pub.send_multipart(full(1))
+            first = subscriber.latest(50)
+        assert first is not None and first.version == 1
+        maps.update(0, 1, [3.0, 4.0])
+        maps.update(2, 2, [5.0, 6.0])
+        pub.send_multipart(encode_pixels(2, 3, 2, maps, np.array([1, 8]), "p1"))  # version 2 was lost
+        bad = encode_pixels(2, 2, 1, maps, np.array([1]), "p1")
+        pub.send_multipart(bad[:4])  # malformed: a part missing
+        pub.send_multipart([bad[0], bad[1], np.array([99], "<i8").tobytes(), bad[3], bad[4]])  # off the grid
+        assert receive() is None
+        assert subscriber.missed_updates == 1 and subscriber.dropped_bad == 2
+        assert np.isnan(first.map("saxs_intensity")[0, 1]), "nothing was applied"
+        pub.send_multipart(full(4))
+        pub.send_multipart(full(1))  # an older snapshot, repeated late
+        pub.send_multipart(encode_pixels(2, 5, 4, maps, np.array([8]), "p1"))
+        pub.send_multipart(encode_pixels(2, 6, 5, maps, np.array([8]), "other publisher"))
+        latest = receive()
+        assert latest.version == 5 and subscriber.applied_updates == 1 and subscriber.missed_updates == 2
+        np.testing.assert_array_equal(latest.map("saxs_intensity"), maps.values["saxs_intensity"])
+    finally:
+        pub.close(linger=0)
+        subscriber.close()
