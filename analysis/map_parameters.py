@@ -164,14 +164,16 @@ def peak_map_values(fits: PeakFits) -> tuple[dict[str, np.ndarray], dict[str, np
     """Per-peak maps ``<peak>.<quantity>`` and their errors with statuses (NaN where not OK)."""
     values: dict[str, np.ndarray] = {}
     statuses: dict[str, np.ndarray] = {}
-    for peak in fits.names:
-        status = fits.value_status(peak)
-        ok = status == Status.OK
+    status = fits.value_statuses()  # (..., n_peaks)
+    ok = status == Status.OK
+    masked = {quantity: np.where(ok, getattr(fits, quantity), np.nan)
+              for quantity in PEAK_QUANTITIES + PEAK_ERRORS}
+    for i, peak in enumerate(fits.names):
         for quantity, error in zip(PEAK_QUANTITIES, PEAK_ERRORS):
             name = f"{peak}.{quantity}"
-            values[name] = np.where(ok, fits.get(quantity, peak), np.nan)
-            values[error_name(name)] = np.where(ok, fits.get(error, peak), np.nan)
-            statuses[name] = statuses[error_name(name)] = status
+            values[name] = masked[quantity][..., i]
+            values[error_name(name)] = masked[error][..., i]
+            statuses[name] = statuses[error_name(name)] = status[..., i]
     return values, statuses
 
 

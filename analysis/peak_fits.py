@@ -75,6 +75,8 @@ class PeakFits:
     fwhm_q_err_nm: np.ndarray | None = None
     fwhm_chi_err_deg: np.ndarray | None = None
     _index: dict = field(init=False, repr=False, compare=False)
+    _present: np.ndarray = field(init=False, repr=False, compare=False)
+    _value_status: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = tuple(str(n) for n in self.names)
@@ -96,6 +98,14 @@ class PeakFits:
             raise ConfigurationError(f"PeakFits.status has shape {status.shape}, expected {shape}")
         object.__setattr__(self, "status", status.astype(np.int32))
         object.__setattr__(self, "_index", {n: i for i, n in enumerate(names)})
+        # every peak at once: the derived quantities ask for these many times per frame
+        with np.errstate(invalid="ignore"):
+            present = ((self.status == Status.OK) & np.isfinite(self.i0) & np.isfinite(self.q0_nm)
+                       & np.isfinite(self.chi0_deg) & (self.q0_nm > 0))
+        value_status = np.where(present, int(Status.OK),
+                                np.where(self.status == Status.OK, int(Status.INVALID_INPUT), self.status))
+        object.__setattr__(self, "_present", present)
+        object.__setattr__(self, "_value_status", value_status.astype(np.int32))
 
     @property
     def frame_shape(self) -> tuple[int, ...]:
@@ -132,19 +142,19 @@ class PeakFits:
         """Bool (...): status OK, i0, q0 and chi0 finite and q0 > 0."""
         if name not in self._index:
             return np.zeros(self.frame_shape, dtype=bool)
-        i = self._index[name]
-        q0 = self.q0_nm[..., i]
-        with np.errstate(invalid="ignore"):
-            return ((self.status[..., i] == Status.OK) & np.isfinite(self.i0[..., i])
-                    & np.isfinite(q0) & np.isfinite(self.chi0_deg[..., i]) & (q0 > 0))
+        return self._present[..., self._index[name]].copy()
 
     def value_status(self, name: str) -> np.ndarray:
         """Status (int32, (...)) of a value computed from peak ``name`` alone: OK where present,
         else the fit's own status (INVALID_INPUT when the fit said OK but its numbers are not
         usable: non-finite, or q0 <= 0)."""
-        own = self.peak_status(name)
-        return np.where(self.present(name), int(Status.OK),
-                        np.where(own == Status.OK, int(Status.INVALID_INPUT), own)).astype(np.int32)
+        if name not in self._index:
+            return self.peak_status(name)
+        return self._value_status[..., self._index[name]].copy()
+
+    def value_statuses(self) -> np.ndarray:
+        """:meth:`value_status` of every peak, int32 (..., n_peaks)."""
+        return self._value_status.copy()
 
     @classmethod
     def from_peaks(cls, peaks: dict[str, dict]) -> "PeakFits":

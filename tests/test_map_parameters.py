@@ -112,3 +112,32 @@ def test_vectors_from_derived_values_fill_a_map_state():
 
     with pytest.raises(ConfigurationError, match="saxs_intensity"):
         map_vectors(names, sl.map_values(), al.map_values(), wh.map_values(), peak_map_values(fits))
+
+
+def test_peak_presence_and_value_status_of_every_kind_of_fit():
+    """A peak is present where its fit is OK with finite i0, q0, chi0 and q0 > 0; the status of
+    a value computed from it is OK there, the fit's own status where the fit failed, and
+    INVALID_INPUT where the fit said OK but its numbers are unusable. Per-peak answers are
+    copies, and the per-peak maps are NaN wherever the status is not OK."""
+    ok, failed = int(Status.OK), int(Status.NOT_CONVERGED)
+    fits = PeakFits(
+        names=("a", "b"),
+        i0=[[10.0, 5.0], [np.nan, 5.0], [3.0, 4.0], [3.0, 4.0]],
+        q0_nm=[[1.0, 2.0], [1.0, 2.0], [-1.0, 2.0], [1.0, 2.0]],
+        chi0_deg=[[0.0, 90.0], [0.0, 90.0], [0.0, np.inf], [0.0, 90.0]],
+        fwhm_q_nm=np.full((4, 2), 0.1), fwhm_chi_deg=np.full((4, 2), 5.0),
+        status=[[ok, ok], [ok, ok], [ok, ok], [failed, ok]])
+    np.testing.assert_array_equal(fits.present("a"), [True, False, False, False])
+    np.testing.assert_array_equal(fits.present("b"), [True, True, False, True])
+    expected = np.array([[ok, ok], [int(Status.INVALID_INPUT), ok], [int(Status.INVALID_INPUT)] * 2,
+                         [failed, ok]])
+    np.testing.assert_array_equal(fits.value_statuses(), expected)
+    np.testing.assert_array_equal(fits.value_status("a"), expected[:, 0])
+    assert (fits.value_status("missing") == Status.MISSING_PEAK).all() and not fits.present("missing").any()
+    fits.present("a")[:] = False
+    fits.value_status("a")[:] = 0
+    np.testing.assert_array_equal(fits.present("a"), [True, False, False, False])
+    values, statuses = peak_map_values(fits)
+    np.testing.assert_array_equal(values["b.q0_nm"], [2.0, 2.0, np.nan, 2.0])
+    np.testing.assert_array_equal(values["a.i0"], [10.0, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(statuses["a.i0"], expected[:, 0])
