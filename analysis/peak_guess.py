@@ -136,6 +136,41 @@ def _row_ring_columns(i, n_q, n_chi, ring, which):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median, sort_buffer):
+    """One row-major pass over the valid bins of a selection (see ``_background_level``).
+
+    With ``median`` NaN their values go to ``sort_buffer`` and ``(n, 0, 0)`` is returned; else
+    ``(n_kept, sum, q_sum)`` of the values at most ``CLIP_SIGMAS`` sigma above ``median``.
+    """
+    n_q = q_nm.shape[0]
+    n_chi = mean_counts.shape[1]
+    collect = math.isnan(median)
+    n = 0
+    total = 0.0
+    q_sum = 0.0
+    for i in range(n_q):
+        if not _row_selected(q_nm[i], q_mid, which):
+            continue
+        first_end, second_start = _row_ring_columns(i, n_q, n_chi, ring, which)
+        for part in range(2):
+            j_start = 0 if part == 0 else second_start
+            j_end = first_end if part == 0 else n_chi
+            for j in range(j_start, j_end):
+                y = mean_counts[i, j]
+                v = variance[i, j]
+                if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
+                    continue
+                if collect:
+                    sort_buffer[n] = y
+                    n += 1
+                elif y <= median + CLIP_SIGMAS * math.sqrt(v):
+                    total += y
+                    q_sum += q_nm[i]
+                    n += 1
+    return n, total, q_sum
+
+
+@numba.njit(cache=True, error_model="numpy")
 def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, sort_buffer):
     """Clipped mean of the valid bins of a selection: 0/1 the low/high-q half of the border
     ring (rows below / at or above ``q_mid``), 2 the ring, 3 all bins.
@@ -147,43 +182,12 @@ def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, 
 
     Returns ``(n_bins, level, q_mean)``; level and q_mean are 0 when ``n_bins`` is 0.
     """
-    n_q = q_nm.shape[0]
-    n_chi = chi_deg.shape[0]
-    n = 0
-    for i in range(n_q):
-        if not _row_selected(q_nm[i], q_mid, which):
-            continue
-        first_end, second_start = _row_ring_columns(i, n_q, n_chi, ring, which)
-        for part in range(2):
-            j_start = 0 if part == 0 else second_start
-            j_end = first_end if part == 0 else n_chi
-            for j in range(j_start, j_end):
-                y = mean_counts[i, j]
-                v = variance[i, j]
-                if math.isfinite(y) and math.isfinite(v) and v > 0.0:
-                    sort_buffer[n] = y
-                    n += 1
+    n, _, _ = _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, np.nan, sort_buffer)
     if n == 0:
         return 0, 0.0, 0.0
     median = _median_inplace(sort_buffer, n)
-    total = 0.0
-    q_sum = 0.0
-    n_kept = 0
-    for i in range(n_q):
-        if not _row_selected(q_nm[i], q_mid, which):
-            continue
-        first_end, second_start = _row_ring_columns(i, n_q, n_chi, ring, which)
-        for part in range(2):
-            j_start = 0 if part == 0 else second_start
-            j_end = first_end if part == 0 else n_chi
-            for j in range(j_start, j_end):
-                y = mean_counts[i, j]
-                v = variance[i, j]
-                if math.isfinite(y) and math.isfinite(v) and v > 0.0:
-                    if y <= median + CLIP_SIGMAS * math.sqrt(v):
-                        total += y
-                        q_sum += q_nm[i]
-                        n_kept += 1
+    n_kept, total, q_sum = _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median,
+                                            sort_buffer)
     return n, total / n_kept, q_sum / n_kept
 
 
