@@ -28,6 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
+import numba
 import numpy as np
 
 from analysis.gauss2d_fit import FitSettings, PreparedFit
@@ -43,6 +46,40 @@ CENTROID_MAX_PIXELS_PER_BIN = 16
 """Windows whose median bin holds fewer valid pixels than this are fitted at the bins' pixel
 centroids (when the geometry is known)."""
 
+
+
+@numba.njit(cache=True, error_model="numpy")
+def poisson_fit_inputs(mean_counts, variance, n_valid, sum_counts, area, density, density_variance,
+                       exposure, offset):
+    """What the Poisson fits read, in one pass (the NumPy expressions of :meth:`PeakWindowFitter.fit`
+    for the least-squares case give the same numbers for the first two).
+
+    Parameters
+    ----------
+    mean_counts, variance : float64 (n_frames, n_bins)
+    n_valid : int32 (n_frames, n_bins)
+    sum_counts : float64 (n_frames, n_bins)
+    area : float64 (n_bins,)
+        Pixel area per bin in the (q, chi) plane (NaN where a bin has no pixel).
+    density, density_variance, exposure, offset : float64 (n_frames, n_bins)
+        Outputs: ``mean_counts / area``, ``variance / area^2``, ``n_valid * area`` and
+        ``(sum_counts / n_valid - mean_counts) / area`` (the subtracted background per pixel),
+        the last two 0 where ``n_valid`` is 0 or they are not finite.
+    """
+    for f in range(mean_counts.shape[0]):
+        for k in range(mean_counts.shape[1]):
+            a = area[k]
+            m = mean_counts[f, k]
+            density[f, k] = m / a
+            density_variance[f, k] = variance[f, k] / (a * a)
+            pixels = np.float64(n_valid[f, k])
+            e = 0.0
+            o = 0.0
+            if pixels > 0.0:
+                e = pixels * a
+                o = (sum_counts[f, k] / max(pixels, 1.0) - m) / a
+            exposure[f, k] = e if math.isfinite(e) else 0.0
+            offset[f, k] = o if math.isfinite(o) else 0.0
 
 
 def _central_differences(image: np.ndarray, axis: int, period: float | None = None) -> np.ndarray:
@@ -209,19 +246,26 @@ class PeakWindowFitter:
         n_frames = int(np.prod(lead, dtype=np.int64))
         bins = self.table.bins_shape
         n = self.table.n_windows
-        density = (mean_counts / self.pixel_area).reshape((n_frames,) + bins)
-        density_variance = (np.asarray(variance) / self.pixel_area**2).reshape((n_frames,) + bins)
         poisson = n_valid is not None
         if poisson != (sum_counts is not None):
             raise ValueError("n_valid and sum_counts go together (both or neither)")
         if poisson:
-            pixels = np.asarray(n_valid, dtype=np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                exposure = np.where(pixels > 0, pixels * self.pixel_area, 0.0)
-                offset = np.where(pixels > 0, (sum_counts / np.maximum(pixels, 1.0) - mean_counts)
-                                  / self.pixel_area, 0.0)
-            exposure = np.where(np.isfinite(exposure), exposure, 0.0).reshape((n_frames,) + bins)
-            offset = np.where(np.isfinite(offset), offset, 0.0).reshape((n_frames,) + bins)
+            flat = (n_frames, int(np.prod(bins)))
+
+            def frames_by_bins(array, dtype):
+                return np.ascontiguousarray(np.broadcast_to(np.asarray(array, dtype=dtype),
+                                                            mean_counts.shape)).reshape(flat)
+
+            density, density_variance, exposure, offset = (np.empty(flat) for _ in range(4))
+            poisson_fit_inputs(frames_by_bins(mean_counts, np.float64), frames_by_bins(variance, np.float64),
+                               frames_by_bins(n_valid, np.int32), frames_by_bins(sum_counts, np.float64),
+                               np.ascontiguousarray(self.pixel_area, dtype=np.float64).reshape(-1),
+                               density, density_variance, exposure, offset)
+            density, density_variance, exposure, offset = (
+                a.reshape((n_frames,) + bins) for a in (density, density_variance, exposure, offset))
+        else:
+            density = (mean_counts / self.pixel_area).reshape((n_frames,) + bins)
+            density_variance = (np.asarray(variance) / self.pixel_area**2).reshape((n_frames,) + bins)
         params = np.full((n_frames, n, N_PARAMS), np.nan)
         errors = np.full((n_frames, n, N_PARAMS), np.nan)
         status = np.empty((n_frames, n), np.int32)

@@ -169,3 +169,32 @@ def test_a_batch_gives_exactly_the_results_of_frame_by_frame_analysis(setup):
     analyzer.average.reset()
     with pytest.raises(ValueError, match="batch holds"):
         analyzer.analyse_regrouped(analyzer.batch.capacity + 1, *batched)
+
+
+def test_poisson_fit_inputs_equal_their_numpy_expressions():
+    """The one-pass kernel that prepares the Poisson fits' inputs gives bit for bit the NumPy
+    expressions it replaced, with empty bins, bins without geometric pixels (area NaN), NaN
+    counts and an infinite sum."""
+    from analysis.peak_window_fits import poisson_fit_inputs
+
+    rng = np.random.default_rng(8)
+    n_frames, n_bins = 3, 500
+    area = rng.uniform(0.5, 2.0, n_bins)
+    area[:7] = np.nan
+    n_valid = rng.integers(0, 5, (n_frames, n_bins)).astype(np.int32)
+    sum_counts = rng.poisson(3.0, (n_frames, n_bins)).astype(np.float64)
+    mean_counts = sum_counts / np.maximum(n_valid, 1) - rng.uniform(0, 1, (n_frames, n_bins))
+    mean_counts[0, 10:15] = np.nan
+    sum_counts[1, 20] = np.inf
+    variance = rng.uniform(0.1, 2.0, (n_frames, n_bins))
+    outputs = [np.empty((n_frames, n_bins)) for _ in range(4)]
+    poisson_fit_inputs(mean_counts, variance, n_valid, sum_counts, area, *outputs)
+    pixels = n_valid.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        exposure = np.where(pixels > 0, pixels * area, 0.0)
+        offset = np.where(pixels > 0, (sum_counts / np.maximum(pixels, 1.0) - mean_counts) / area, 0.0)
+    expected = [mean_counts / area, variance / area**2, np.where(np.isfinite(exposure), exposure, 0.0),
+                np.where(np.isfinite(offset), offset, 0.0)]
+    for got, want in zip(outputs, expected):
+        np.testing.assert_array_equal(got, want)
+    assert outputs[2][1, 20] != 0 and outputs[3][1, 20] == 0.0  # the infinite sum: no offset
