@@ -12,6 +12,7 @@ into the ordered ``(values, statuses)`` vectors the service sends per frame.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -24,6 +25,7 @@ from analysis.status import Status
 _UNIT_SUFFIXES = ("_nm", "_deg", "_um")
 
 
+@functools.lru_cache(maxsize=4096)  # asked for ~100 times per analysed frame
 def error_name(name: str) -> str:
     """Name of the 1-sigma error map of parameter ``name``: ``a1_nm`` -> ``a1_err_nm``,
     ``waxs_010.i0`` -> ``waxs_010.i0_err``, ``a_ratio`` -> ``a_ratio_err``."""

@@ -43,6 +43,9 @@ from stream import wire
 
 MAPS = b"maps"
 PIXELS = b"pixels"
+MAX_HELD_SERIES = 4
+"""Series whose newest state a :class:`MapSubscriber` holds (the oldest goes first): a viewer
+shows the running one, and a 200 x 200 scan's maps are 24 MB."""
 
 
 @dataclass(frozen=True)
@@ -317,16 +320,21 @@ class MapSubscriber:
                 self.missed_updates += 1
                 return None
             self.applied_updates += 1
-            self._states[series_id] = state
+            self._hold(state)
             return state
         snapshot = decode_snapshot(parts)
         held = self._states.get(snapshot.series_id)
         if held is not None and held.publisher == snapshot.publisher and snapshot.version < held.version:
             return None  # a repeat of an older snapshot: the state held is newer
-        self._states[snapshot.series_id] = snapshot
-        if len(self._states) > 16:  # the newest series matter to a viewer
-            del self._states[next(iter(self._states))]
+        self._hold(snapshot)
         return snapshot
+
+    def _hold(self, state: MapSnapshot) -> None:
+        """Hold a series' newest state (most recently updated last; the least recent goes)."""
+        self._states.pop(state.series_id, None)
+        self._states[state.series_id] = state
+        if len(self._states) > MAX_HELD_SERIES:
+            del self._states[next(iter(self._states))]
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -226,3 +226,34 @@ def test_a_lost_pixel_update_holds_the_map_until_the_next_full_snapshot():
     finally:
         pub.close(linger=0)
         subscriber.close()
+
+
+def test_a_subscriber_holds_the_newest_states_of_a_few_series_only():
+    """Only the MAX_HELD_SERIES most recently updated series are held: an update of one that
+    was let go waits for its next full snapshot, the others apply."""
+    from stream.published_state import MAX_HELD_SERIES, encode_pixels, encode_snapshot
+
+    grid = ScanGrid((2, 2))
+    maps = MapState(grid.shape, PARAMETERS)
+    maps.update(0, 0, [1.0, 2.0])
+    context = zmq.Context.instance()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    subscriber = MapSubscriber(f"tcp://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 5
+        while subscriber.latest(50) is None and time.monotonic() < deadline:
+            pub.send_multipart(encode_snapshot(snapshot_of(1, 1, PARAMETERS, grid, maps, publisher="p")))
+        for series_id in range(2, MAX_HELD_SERIES + 2):  # series 1 is now the least recent
+            pub.send_multipart(encode_snapshot(snapshot_of(series_id, 1, PARAMETERS, grid, maps, publisher="p")))
+        maps.update(1, 1, [3.0, 4.0])
+        for series_id in (1, MAX_HELD_SERIES + 1):
+            pub.send_multipart(encode_pixels(series_id, 2, 1, maps, np.array([3]), "p"))
+        deadline = time.monotonic() + 3
+        while subscriber.applied_updates + subscriber.missed_updates < 2 and time.monotonic() < deadline:
+            subscriber.latest(50)
+        assert (subscriber.applied_updates, subscriber.missed_updates) == (1, 1)
+    finally:
+        pub.close(linger=0)
+        subscriber.close()
