@@ -287,8 +287,7 @@ def _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points, chi
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _make_feasible(p, mean_counts, variance, exposure, offset, q_points, chi_points, at_points,
-                   q_nm, chi_deg, q_mid, lower, upper):
+def _make_feasible(p, usable, offset, q_points, at_points, q_nm, chi_deg, q_mid, lower, upper):
     """Make a Poisson start point feasible: if the background plus offset is not positive in
     every valid bin (then the model is: the peak term is not negative), raise the background
     ``b0`` until its lowest bin expects ``START_MIN_PHOTONS`` photons at the window's mean
@@ -296,7 +295,9 @@ def _make_feasible(p, mean_counts, variance, exposure, offset, q_points, chi_poi
     try again.
 
     A Poisson mean must be positive; the guess from a background-subtracted window with few
-    photons can have a background below zero. Returns False when no such start exists.
+    photons can have a background below zero. ``usable``: the exposure of the bins that enter
+    the fit, 0 in the others (from :func:`_count_valid`). Returns False when no such start
+    exists.
     """
     for attempt in range(2):
         if attempt == 1:
@@ -309,17 +310,11 @@ def _make_feasible(p, mean_counts, variance, exposure, offset, q_points, chi_poi
         n = 0
         for i in range(q_nm.shape[0]):
             for j in range(chi_deg.shape[0]):
-                y = mean_counts[i, j]
-                v = variance[i, j]
-                e = exposure[i, j]
-                o = offset[i, j]
-                qp = q_points[i, j] if at_points else q_nm[i]
-                cp = chi_points[i, j] if at_points else chi_deg[j]
-                if not (math.isfinite(y) and math.isfinite(v) and v > 0.0 and math.isfinite(e)
-                        and e > 0.0 and math.isfinite(o) and math.isfinite(qp)
-                        and math.isfinite(cp)):
+                e = usable[i, j]
+                if not e > 0.0:
                     continue
-                lowest = min(lowest, p[5] + p[6] * (qp - q_mid) + o)
+                qp = q_points[i, j] if at_points else q_nm[i]
+                lowest = min(lowest, p[5] + p[6] * (qp - q_mid) + offset[i, j])
                 exposure_sum += e
                 n += 1
         if n == 0 or lowest > 0.0:
@@ -497,8 +492,8 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
     n_q = q_nm.shape[0]
     n_chi = chi_deg.shape[0]
     q_mid = 0.5 * (q_nm[0] + q_nm[n_q - 1])
-    if poisson and not _make_feasible(p, mean_counts, variance, exposure, offset, q_points,
-                                      chi_points, at_points, q_nm, chi_deg, q_mid, lower, upper):
+    if poisson and not _make_feasible(p, usable, offset, q_points, at_points, q_nm, chi_deg, q_mid,
+                                      lower, upper):
         raw_out[:] = p
         return _NOT_CONVERGED, np.nan, 0
     converged, merit, chi2, n_iterations, current = _levenberg_marquardt(

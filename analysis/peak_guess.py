@@ -43,7 +43,7 @@ CLIP_SIGMAS = 3.0
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _median_inplace(buffer, n):
+def _median(buffer, n):
     """Median of ``buffer[:n]``; ``n`` >= 1."""
     half = n // 2
     if n == 1:
@@ -171,7 +171,7 @@ def _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median, so
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, sort_buffer):
+def _background_level(mean_counts, variance, q_nm, q_mid, ring, which, sort_buffer):
     """Clipped mean of the valid bins of a selection: 0/1 the low/high-q half of the border
     ring (rows below / at or above ``q_mid``), 2 the ring, 3 all bins.
 
@@ -185,7 +185,7 @@ def _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which, 
     n, _, _ = _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, np.nan, sort_buffer)
     if n == 0:
         return 0, 0.0, 0.0
-    median = _median_inplace(sort_buffer, n)
+    median = _median(sort_buffer, n)
     n_kept, total, q_sum = _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median,
                                             sort_buffer)
     return n, total / n_kept, q_sum / n_kept
@@ -250,16 +250,16 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
     # 2. background line from the two halves of the border ring
     b0 = 0.0
     b1 = 0.0
-    n_low, level_low, q_low = _background_level(mean_counts, variance, q_nm, chi_deg, q_mid,
+    n_low, level_low, q_low = _background_level(mean_counts, variance, q_nm, q_mid,
                                                 ring, 0, sort_buffer)
-    n_high, level_high, q_high = _background_level(mean_counts, variance, q_nm, chi_deg, q_mid,
+    n_high, level_high, q_high = _background_level(mean_counts, variance, q_nm, q_mid,
                                                    ring, 1, sort_buffer)
     if n_low >= 3 and n_high >= 3:
         b1 = (level_high - level_low) / (q_high - q_low)
         b0 = level_low + b1 * (q_mid - q_low)
     else:
         which = 2 if n_low + n_high >= 3 else 3
-        b0 = _background_level(mean_counts, variance, q_nm, chi_deg, q_mid, ring, which,
+        b0 = _background_level(mean_counts, variance, q_nm, q_mid, ring, which,
                                sort_buffer)[1]
 
     # 3. maximum of the 3 x 3 smoothed excess (the excess, NaN where invalid, in the buffer)

@@ -26,9 +26,8 @@ or gap, whose pixels sit to one side, are kept: leaving them out loses more than
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -329,4 +328,3 @@ class PeakWindowFitter:
             fwhm_q_err_nm=fwhm_from_sigma(errors[..., I_SQ]),
             fwhm_chi_err_deg=fwhm_from_sigma(errors[..., I_SCHI]),
         )
-
