@@ -174,8 +174,9 @@ class Bench:
                                          wait_for_peers_s=30)
         outcome = self.service.wait_for_series(timeout_s=600)
         finished = time.monotonic()
-        cores = {name: (cpu_seconds(pid) - cpu_start[name]) / (finished - clock_start)
-                 for name, pid in pids.items() if cpu_start[name] is not None and cpu_seconds(pid) is not None}
+        cpu_end = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        cores = {name: (cpu_end[name] - cpu_start[name]) / (finished - clock_start)
+                 for name in pids if cpu_start[name] is not None and cpu_end[name] is not None}
         time.sleep(0.3)  # the final snapshot reaches the subscriber
         sent = np.asarray(self.sent_at)
         if rate_hz:  # the server paces after the stamp: a frame leaves at max(stamp, schedule)

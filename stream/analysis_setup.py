@@ -105,7 +105,7 @@ class AnalyzerCache:
         if pixel_mask is not None and pixel_mask.shape != self.geometry.shape:
             raise GeometryError(f"pixel mask shape {pixel_mask.shape} does not match the geometry "
                                 f"{self.geometry.shape}")
-        return self._build(pixel_mask, getattr(info, "pixel_mask_digest", None))
+        return self._build(pixel_mask, info.pixel_mask_digest)
 
 
 def resolve_config_path(name: str | None, default: str) -> str:

@@ -124,11 +124,21 @@ def decode_snapshot(parts: list) -> MapSnapshot:
     )
 
 
+def _published_arrays(maps, parameters, indices=None) -> tuple[np.ndarray, np.ndarray]:
+    """Values float32 and statuses uint8 (capped at 255) of ``parameters`` of a map state,
+    shape (n_parameters, rows, columns), or (n_parameters, k) at the flat points ``indices``."""
+    def taken(array):
+        return array if indices is None else array.reshape(-1)[indices]
+
+    values = np.stack([taken(maps.values[name]) for name in parameters]).astype("<f4")
+    statuses = np.stack([np.minimum(taken(maps.statuses[name]), 255) for name in parameters]).astype(np.uint8)
+    return values, statuses
+
+
 def snapshot_of(series_id: int, version: int, parameters, grid: ScanGrid, maps, final=False,
                 publisher: str = "") -> MapSnapshot:
     """Build a snapshot from an :class:`analysis.map_state.MapState`."""
-    values = np.stack([maps.values[name] for name in parameters]).astype(np.float32)
-    statuses = np.stack([np.minimum(maps.statuses[name], 255) for name in parameters]).astype(np.uint8)
+    values, statuses = _published_arrays(maps, parameters)
     return MapSnapshot(series_id, version, tuple(parameters), grid, values, statuses,
                        int(maps.n_measured), final, publisher)
 
@@ -138,9 +148,7 @@ def encode_pixels(series_id: int, version: int, base_version: int, maps, indices
     """A pixel update: the points ``indices`` (flat, row-major) of an
     :class:`analysis.map_state.MapState`, to be applied on top of version ``base_version``."""
     indices = np.ascontiguousarray(indices, dtype="<i8")
-    values = np.stack([maps.values[name].reshape(-1)[indices] for name in maps.parameters]).astype("<f4")
-    statuses = np.stack([np.minimum(maps.statuses[name].reshape(-1)[indices], 255)
-                         for name in maps.parameters]).astype(np.uint8)
+    values, statuses = _published_arrays(maps, maps.parameters, indices)
     meta = {"publisher": publisher, "series_id": series_id, "version": version,
             "base_version": base_version, "measured": int(maps.n_measured)}
     return [PIXELS, wire.dumps(meta), indices.tobytes(), values.tobytes(), statuses.tobytes()]

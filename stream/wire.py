@@ -140,8 +140,11 @@ def pixel_mask_digest(pixel_mask: np.ndarray) -> str:
 
 
 def encode_series(info: SeriesInfo, pixel_mask: np.ndarray | None) -> list[bytes]:
-    mask = b"" if pixel_mask is None else np.ascontiguousarray(pixel_mask, dtype="<u4").tobytes()
-    digest = None if pixel_mask is None else hashlib.sha1(mask).hexdigest()
+    if pixel_mask is None:
+        mask, digest = b"", None
+    else:
+        contiguous = np.ascontiguousarray(pixel_mask, dtype="<u4")
+        mask, digest = contiguous.tobytes(), pixel_mask_digest(contiguous)
     return [SERIES, dumps(dict(info.as_dict(), pixel_mask_digest=digest)), mask]
 
 
