@@ -277,10 +277,10 @@ def _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points, chi
                                               chi_points, q_mid, normal_matrix, gradient,
                                               observed, use_ref, ref, out, q_var, chi_var, poisson)
     if poisson:
-        return poisson_normal_equations_kernel(p, mean_counts, variance, usable, offset, q_nm,
-                                               chi_deg, q_mid, exp_q, exp_chi, row,
-                                               normal_matrix, gradient, observed, use_ref, ref,
-                                               out, var_q, var_chi, newton, True)
+        return poisson_normal_equations_kernel(p, mean_counts, usable, offset, q_nm, chi_deg,
+                                               q_mid, exp_q, exp_chi, row, normal_matrix,
+                                               gradient, observed, use_ref, ref, out, var_q,
+                                               var_chi, newton)
     chi2 = normal_equations_kernel(p, mean_counts, variance, q_nm, chi_deg, q_mid, exp_q,
                                    exp_chi, row, normal_matrix, gradient, var_q, var_chi)
     return chi2, chi2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import zlib
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -189,6 +190,7 @@ def test_poisson_kernels_match_numpy():
     from a reference state (the series path) equals the difference of deviances."""
     p, y, v, e, o, q, chi, rng = _poisson_window()
     points, broadening = jittered_points(rng, q, chi)
+    usable = np.where(poisson_valid_bins(y, v, e, o), e, 0.0)  # what the separable kernel reads
     n_bins = y.size
     for observed in (False, True):
         for at_points in (False, True):
@@ -201,7 +203,7 @@ def test_poisson_kernels_match_numpy():
                 reference = dict(points=points, broadening=broadening)
             else:
                 call = lambda params, use_ref: poisson_normal_equations_kernel(  # noqa: E731
-                    params, y, v, e, o, q, chi, q_mid_of(q), np.empty(N_Q), np.empty((3, N_CHI)),
+                    params, y, usable, o, q, chi, q_mid_of(q), np.empty(N_Q), np.empty((6, N_CHI)),
                     np.empty(7), matrix, gradient, observed, use_ref, means[0], means[1],
                     2e-4, 0.3)
                 reference = dict(broadening=(2e-4, 0.3))
@@ -225,14 +227,14 @@ def test_poisson_kernels_match_numpy():
             assert call(negative, False) == (np.inf, np.inf)
 
 
-def _separable_poisson_call(y, v, e, o, q, chi, newton=False, prevalidated=False):
-    matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, y.size))
+def _separable_poisson_call(y, v, e, o, q, chi, newton=False):
+    matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, 2, y.size))
+    usable = np.where(poisson_valid_bins(y, v, e, o), e, 0.0)
 
     def call(params):
         merit = poisson_normal_equations_kernel(
-            params, y, v, e, o, q, chi, q_mid_of(q), np.empty(N_Q), np.empty((6, N_CHI)),
-            np.empty(7), matrix, gradient, True, False, means, means, 2e-4, 0.3, newton,
-            prevalidated)
+            params, y, usable, o, q, chi, q_mid_of(q), np.empty(N_Q), np.empty((6, N_CHI)),
+            np.empty(7), matrix, gradient, True, False, means[0], means[1], 2e-4, 0.3, newton)
         return merit, matrix.copy(), gradient.copy()
     return call
 
@@ -258,19 +260,26 @@ def test_newton_matrix_is_the_hessian_of_the_deviance():
     assert np.max(np.abs(observed - numeric) / scale) > 1e-2
 
 
-def test_prevalidated_kernels_equal_the_checking_ones():
-    """Given the exposure zeroed where a bin does not enter the fit, the kernels' one-test path
-    gives bit for bit the results of their per-bin checks (NaN values, zero variances and
-    exposures, and at points a non-finite point in the window)."""
+def test_prevalidated_point_kernel_equals_the_checking_one():
+    """Given the exposure zeroed where a bin does not enter the fit, the point kernel's one-test
+    path gives bit for bit the results of its per-bin checks (NaN values, zero variances and
+    exposures, a non-finite point in the window). The separable kernel has only the one-test
+    path: it reads the mean counts and offsets of usable bins alone (NaN elsewhere changes
+    nothing)."""
     p, y, v, e, o, q, chi, rng = _poisson_window()
     points, broadening = jittered_points(rng, q, chi)
     points = (points[0].copy(), points[1])
     points[0][30, 5:9] = np.nan
     usable = np.where(poisson_valid_bins(y, v, e, o), e, 0.0)
     for newton in (False, True):
-        checked = _separable_poisson_call(y, v, e, o, q, chi, newton)(p)
-        one_test = _separable_poisson_call(y, v * np.nan, usable, o, q, chi, newton, True)(p)
-        for a, b in zip(checked, one_test):
+        clean = _separable_poisson_call(y, v, e, o, q, chi, newton)(p)
+        unused = usable == 0
+        matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, 2, y.size))
+        merit = poisson_normal_equations_kernel(
+            p, np.where(unused, np.nan, y), usable, np.where(unused, np.inf, o), q, chi, q_mid_of(q),
+            np.empty(N_Q), np.empty((6, N_CHI)), np.empty(7), matrix, gradient, True, False, means[0],
+            means[1], 2e-4, 0.3, newton)
+        for a, b in zip(clean, (merit, matrix, gradient)):
             np.testing.assert_array_equal(a, b)
     usable_points = np.where(np.isfinite(points[0]) & np.isfinite(points[1]), usable, 0.0)
     results = []
@@ -282,6 +291,28 @@ def test_prevalidated_kernels_equal_the_checking_ones():
         results.append((merit, matrix, gradient))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_vector_log_matches_numpy():
+    """The branch-free logarithm of the fit kernels is within 1 ulp of ``np.log`` over the
+    whole range of positive normal doubles, at the reduction's edges and next to 1."""
+    from analysis.vector_log import vector_log
+
+    @numba.njit
+    def logs(x, out):
+        for i in range(x.size):
+            out[i] = vector_log(x[i])
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.exp(rng.uniform(-700.0, 700.0, 100_000)), rng.uniform(0.5, 2.0, 100_000),
+                        1.0 + rng.normal(0.0, 1e-9, 1000),
+                        [np.finfo(float).tiny, np.finfo(float).max, 0.5, 1.0, 2.0, np.sqrt(2.0),
+                         np.nextafter(np.sqrt(2.0), 2.0), np.nextafter(np.sqrt(2.0), 1.0)]])
+    out = np.empty_like(x)
+    logs(x, out)
+    expected = np.log(x)
+    assert np.all(np.abs(out - expected) <= np.spacing(np.abs(expected)) + (expected == 0) * 1e-300)
+    assert out[-5] == 0.0  # ln 1 exactly
 
 
 def test_cholesky_matches_numpy_and_detects_singular_matrices():
