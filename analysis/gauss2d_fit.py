@@ -20,7 +20,7 @@ import numpy as np
 from analysis.errors import ConfigurationError
 from analysis.gauss2d_lm import (N_MATRIX_SCRATCH, N_VECTOR_SCRATCH, fit_batch_parallel,
                                  fit_batch_serial)
-from analysis.gauss2d_model import (I_CHI0, I_I0, I_Q0, I_SCHI, I_SQ, N_PARAMS, PARAM_NAMES,
+from analysis.gauss2d_model import (I_CHI0, I_I0, I_Q0, I_SCHI, I_SQ, N_PARAMS, PARAM_NAMES, POINT_ROWS,
                                     fwhm_from_sigma)
 
 __all__ = ["FitSettings", "Gauss2DFitResult", "PreparedFit", "default_bounds", "fit_windows",
@@ -212,23 +212,24 @@ class PreparedFit:
         self.settings = FitSettings() if settings is None else settings
         self.poisson = bool(poisson)
         self.at_points = points is not None
-        if self.at_points:
-            self.q_points = _float64_array("q_points", points[0], self.shape)
-            self.chi_points = _float64_array("chi_points", points[1], self.shape)
-        else:
-            self.q_points = self.chi_points = np.zeros((n_win, 1, 1))  # placeholders, never read
-        if broadening is None:
-            self.q_var = self.chi_var = (np.zeros(self.shape) if self.at_points
-                                         else np.zeros((n_win, 1, 1)))
-            self.var_q = self.var_chi = np.zeros(n_win)
-        else:
-            self.q_var = _float64_array("broadening q", broadening[0], self.shape)
-            self.chi_var = _float64_array("broadening chi", broadening[1], self.shape)
+        if broadening is not None:
+            q_var = _float64_array("broadening q", broadening[0], self.shape)
+            chi_var = _float64_array("broadening chi", broadening[1], self.shape)
             with np.errstate(invalid="ignore"):
-                if np.any(self.q_var < 0) or np.any(self.chi_var < 0):
+                if np.any(q_var < 0) or np.any(chi_var < 0):
                     raise ValueError("broadening variances must be >= 0 (NaN where a bin is empty)")
             self.var_q, self.var_chi = (np.array([np.nanmean(v[w]) if np.isfinite(v[w]).any() else 0.0
-                                                  for w in range(n_win)]) for v in (self.q_var, self.chi_var))
+                                                  for w in range(n_win)]) for v in (q_var, chi_var))
+        else:
+            q_var = chi_var = np.zeros(self.shape)
+            self.var_q = self.var_chi = np.zeros(n_win)
+        if self.at_points:
+            # q, chi and the broadening of every bin, packed for the point kernel
+            self.points = np.ascontiguousarray(np.stack(
+                [_float64_array("q_points", points[0], self.shape),
+                 _float64_array("chi_points", points[1], self.shape), q_var, chi_var], axis=1))
+        else:
+            self.points = np.zeros((n_win, 4, 1, 1))  # placeholder, never read
         self.q = _float64_array("q_centres_nm", q_centres_nm, (n_win, n_q))
         self.chi = _float64_array("chi_centres_deg", chi_centres_deg, (n_win, n_chi))
         default_lower, default_upper = default_bounds(self.q, self.chi)
@@ -248,8 +249,10 @@ class PreparedFit:
                          np.empty(lead + (n_q * n_chi,)),
                          np.empty(lead + (N_MATRIX_SCRATCH, N_PARAMS, N_PARAMS)),
                          np.empty(lead + (N_VECTOR_SCRATCH, N_PARAMS)),
-                         np.empty(lead + (2, 2, n_q * n_chi)), np.empty(lead + (n_q, n_chi)))
+                         np.empty(lead + (2, POINT_ROWS, n_q * n_chi)), np.empty(lead + (n_q, n_chi)))
         self._no_data = np.zeros((n_win, 1, 1))
+        # least squares at points: the point kernel reads the offsets of the usable bins
+        self._no_offset = np.zeros(self.shape) if self.at_points else self._no_data
 
     def run(self, mean_counts, variance, params, errors, status, chi2_reduced, n_iterations, *,
             exposure=None, offset=None, raw_params=None, initial=None) -> None:
@@ -268,7 +271,7 @@ class PreparedFit:
         else:
             if exposure is not None:
                 raise ValueError("exposure was given to a least-squares fit")
-            expo = off = self._no_data  # placeholders, never read
+            expo, off = self._no_data, self._no_offset  # placeholder, never read; zeros
         n_win = self.shape[0]
         raw_params = self.raw_params if raw_params is None else raw_params
         initial = self.initial if initial is None else initial
@@ -285,8 +288,8 @@ class PreparedFit:
             return
         s = self.settings
         kernel = fit_batch_parallel if self.parallel else fit_batch_serial
-        kernel(counts, var, expo, off, self.poisson, self.q_points, self.chi_points, self.q_var,
-               self.chi_var, self.var_q, self.var_chi, self.at_points, self.q, self.chi, self.lower,
+        kernel(counts, var, expo, off, self.poisson, self.points, self.var_q, self.var_chi,
+               self.at_points, self.q, self.chi, self.lower,
                self.upper, int(s.max_iterations), float(s.ftol), float(s.xtol),
                float(s.min_significance), float(s.edge_margin_bins), int(s.min_valid_bins), params,
                errors, status, chi2_reduced, n_iterations, raw_params, initial, *self._scratch)

@@ -183,26 +183,23 @@ def _poisson_inputs_valid(exposure, offset):
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _count_valid(mean_counts, variance, exposure, offset, poisson, q_points, chi_points,
-                 at_points, usable):
-    """Number of bins that enter the fit; for Poisson also ``usable`` (n_q, n_chi): the
-    exposure of those bins, 0 in the others."""
+def _count_valid(mean_counts, variance, exposure, offset, poisson, points, at_points, usable):
+    """Number of bins that enter the fit, and ``usable`` (n_q, n_chi): 0 in the others, in
+    those the exposure (Poisson) or the weight ``1 / variance`` (least squares)."""
     n = 0
     for i in range(mean_counts.shape[0]):
         for j in range(mean_counts.shape[1]):
-            if poisson:
-                usable[i, j] = 0.0
+            usable[i, j] = 0.0
             y = mean_counts[i, j]
             v = variance[i, j]
             if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
                 continue
             if poisson and not (exposure[i, j] > 0.0 and math.isfinite(offset[i, j])):
                 continue
-            if at_points and not (math.isfinite(q_points[i, j])
-                                  and math.isfinite(chi_points[i, j])):
+            if at_points and not (math.isfinite(points[0, i, j])
+                                  and math.isfinite(points[1, i, j])):
                 continue
-            if poisson:
-                usable[i, j] = exposure[i, j]
+            usable[i, j] = exposure[i, j] if poisson else 1.0 / v
             n += 1
     return n
 
@@ -259,23 +256,23 @@ def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, colu
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points, chi_points, q_var,
-              chi_var, var_q, var_chi, at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row,
+def _evaluate(poisson, p, mean_counts, variance, exposure, offset, points, var_q, var_chi,
+              at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row,
               normal_matrix, gradient, observed, use_ref, ref, out, newton, usable):
     """(merit, chi2) and the normal equations at ``p``: for Poisson the deviance (its change
     from the state ``ref`` with ``use_ref``), Pearson's chi2 and the observed (``observed``)
     or Fisher information, the bins' means going to ``out``; for fixed variances chi2 twice.
-    The model at the bins' points with their broadening ``q_var``, ``chi_var`` when
+    The model at the bins' points with their broadening (``points``, see
+    :func:`analysis.gauss2d_model.points_normal_equations_kernel`) when
     ``at_points``, else at the bin centres with the window's broadening ``var_q``,
     ``var_chi`` (separable); ``newton``: Newton's matrix (the whole Hessian) there, for
-    Poisson at the bin centres only. ``usable`` (Poisson): the exposure, 0 in every bin that
-    does not enter the fit (from :func:`_count_valid`), read instead of ``exposure`` so that
-    the kernels test one number per bin."""
+    Poisson at the bin centres only. ``usable``: 0 in every bin that does not enter the fit,
+    else its exposure (Poisson) or weight (least squares; from :func:`_count_valid`), read
+    instead of ``exposure`` so that the kernels test one number per bin."""
     if at_points:
-        return points_normal_equations_kernel(poisson, p, mean_counts, variance,
-                                              usable if poisson else exposure, offset, q_points,
-                                              chi_points, q_mid, normal_matrix, gradient,
-                                              observed, use_ref, ref, out, q_var, chi_var, poisson)
+        return points_normal_equations_kernel(poisson, p, mean_counts, usable, offset, points,
+                                              q_mid, normal_matrix, gradient, observed, use_ref,
+                                              ref, out)
     if poisson:
         return poisson_normal_equations_kernel(p, mean_counts, usable, offset, q_nm, chi_deg,
                                                q_mid, exp_q, exp_chi, row, normal_matrix,
@@ -287,7 +284,7 @@ def _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points, chi
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _make_feasible(p, usable, offset, q_points, at_points, q_nm, chi_deg, q_mid, lower, upper):
+def _make_feasible(p, usable, offset, points, at_points, q_nm, chi_deg, q_mid, lower, upper):
     """Make a Poisson start point feasible: if the background plus offset is not positive in
     every valid bin (then the model is: the peak term is not negative), raise the background
     ``b0`` until its lowest bin expects ``START_MIN_PHOTONS`` photons at the window's mean
@@ -313,7 +310,7 @@ def _make_feasible(p, usable, offset, q_points, at_points, q_nm, chi_deg, q_mid,
                 e = usable[i, j]
                 if not e > 0.0:
                     continue
-                qp = q_points[i, j] if at_points else q_nm[i]
+                qp = points[0, i, j] if at_points else q_nm[i]
                 lowest = min(lowest, p[5] + p[6] * (qp - q_mid) + offset[i, j])
                 exposure_sum += e
                 n += 1
@@ -327,18 +324,19 @@ def _make_feasible(p, usable, offset, q_points, at_points, q_nm, chi_deg, q_mid,
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_points,
-                         chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm, chi_deg,
+def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, points, var_q,
+                         var_chi, at_points, q_nm, chi_deg,
                          q_mid, lower, upper,
                          max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs, means, usable):
     """Damped Gauss-Newton (fixed variances) or Newton (Poisson deviance, observed
     information) iterations from ``p`` (updated in place).
 
     ``mats[_A]`` holds the normal matrix at the final ``p`` (for Poisson the observed
-    information: the caller evaluates the Fisher matrix for the errors). ``means`` (2, 2,
-    n_bins) scratch holds the bins' Poisson means of the current iterate
-    (``means[current]``) and of the trial point. Returns (converged, merit, chi2,
-    n_iterations, current); merit and chi2 are inf if ``p`` could not be evaluated.
+    information: the caller evaluates the Fisher matrix for the errors). ``means`` (2,
+    POINT_ROWS, n_bins) scratch holds the bins' state (Poisson means, their inverses, at
+    points the peak shape) of the current iterate (``means[current]``) and of the trial
+    point. Returns (converged, merit, chi2, n_iterations, current); merit and chi2 are inf if
+    ``p`` could not be evaluated.
     """
     a_mat = mats[_A]
     a_trial = mats[_A_TRIAL]
@@ -352,8 +350,8 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_
     row = vecs[_ROW]
     held = vecs[_HELD]
     current = 0
-    merit, chi2 = _evaluate(poisson, p, mean_counts, variance, exposure, offset, q_points,
-                            chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm,
+    merit, chi2 = _evaluate(poisson, p, mean_counts, variance, exposure, offset, points, var_q,
+                            var_chi, at_points, q_nm,
                             chi_deg, q_mid, exp_q, exp_chi, row, a_mat, g, True, False,
                             means[1], means[0], False, usable)
     if not math.isfinite(merit):
@@ -396,8 +394,8 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_
         # close to the optimum, Newton's matrix at the trial point for the step after it
         newton = poisson and not at_points and math.sqrt(step2) <= NEWTON_STEP
         merit_trial, chi2_trial = _evaluate(poisson, trial, mean_counts, variance, exposure,
-                                            offset, q_points, chi_points, q_var, chi_var,
-                                            var_q, var_chi, at_points, q_nm, chi_deg, q_mid,
+                                            offset, points, var_q, var_chi, at_points, q_nm,
+                                            chi_deg, q_mid,
                                             exp_q, exp_chi, row, a_trial, g_trial, True, True,
                                             means[current], means[1 - current], newton,
                                             usable)
@@ -430,8 +428,8 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, q_
 
 
 @numba.njit(cache=True, error_model="numpy")
-def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points, chi_points, q_var,
-                      chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
+def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, points, var_q, var_chi,
+                      at_points, q_nm, chi_deg, lower, upper,
                       max_iterations, ftol, xtol, min_significance, edge_margin_bins,
                       min_valid_bins, params_out, errors_out, raw_out, initial_out, exp_q, exp_chi,
                       sort_buffer, mats, vecs, means, usable):
@@ -445,7 +443,7 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
         read only when ``poisson``.
     poisson : bool
         Poisson maximum likelihood (True) or least squares with the fixed ``variance``.
-    q_points, chi_points : float64 (n_q, n_chi)
+    points : float64 (4, n_q, n_chi)
         Where to evaluate the model in each bin (mean pixel position; a non-finite point
         skips the bin); read only when ``at_points``, else the bin centres are used.
     q_var, chi_var : float64 (n_q, n_chi)
@@ -463,7 +461,7 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
     params_out, errors_out, raw_out, initial_out : float64 (7,)
         Outputs (NaN unless OK / unless a fit ran / unless a guess was made).
     exp_q : float64 (n_q,), exp_chi : float64 (6, n_chi), sort_buffer : float64 (n_q * n_chi,)
-    mats : float64 (4, 7, 7), vecs : float64 (8, 7), means : float64 (2, 2, n_q * n_chi)
+    mats : float64 (4, 7, 7), vecs : float64 (8, 7), means : float64 (2, 3, n_q * n_chi)
     usable : float64 (n_q, n_chi)
         Scratch.
 
@@ -480,8 +478,8 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
         return _INVALID_INPUT, np.nan, 0
     if poisson and not _poisson_inputs_valid(exposure, offset):
         return _INVALID_INPUT, np.nan, 0
-    n_valid = _count_valid(mean_counts, variance, exposure, offset, poisson, q_points,
-                           chi_points, at_points, usable)
+    n_valid = _count_valid(mean_counts, variance, exposure, offset, poisson, points, at_points,
+                           usable)
     p = vecs[_P]
     guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, p, sort_buffer, exp_chi)  # exp_chi: free until the LM
     _move_inside(p, lower, upper)
@@ -492,20 +490,20 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
     n_q = q_nm.shape[0]
     n_chi = chi_deg.shape[0]
     q_mid = 0.5 * (q_nm[0] + q_nm[n_q - 1])
-    if poisson and not _make_feasible(p, usable, offset, q_points, at_points, q_nm, chi_deg, q_mid,
+    if poisson and not _make_feasible(p, usable, offset, points, at_points, q_nm, chi_deg, q_mid,
                                       lower, upper):
         raw_out[:] = p
         return _NOT_CONVERGED, np.nan, 0
     converged, merit, chi2, n_iterations, current = _levenberg_marquardt(
-        poisson, p, mean_counts, variance, exposure, offset, q_points, chi_points, q_var,
-        chi_var, var_q, var_chi, at_points, q_nm, chi_deg, q_mid, lower, upper, max_iterations,
+        poisson, p, mean_counts, variance, exposure, offset, points, var_q, var_chi, at_points,
+        q_nm, chi_deg, q_mid, lower, upper, max_iterations,
         ftol, xtol, exp_q, exp_chi, mats, vecs, means, usable)
     if not math.isfinite(merit):
         return _INVALID_INPUT, np.nan, 0
     if poisson:
         # errors from the Fisher information at the optimum
-        _, chi2 = _evaluate(True, p, mean_counts, variance, exposure, offset, q_points,
-                            chi_points, q_var, chi_var, var_q, var_chi, at_points, q_nm,
+        _, chi2 = _evaluate(True, p, mean_counts, variance, exposure, offset, points, var_q,
+                            var_chi, at_points, q_nm,
                             chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A], vecs[_G],
                             False, True, means[current], means[1 - current], False, usable)
 
@@ -546,22 +544,22 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, q_points
 
 
 @numba.njit(cache=True, error_model="numpy")
-def fit_batch_serial(mean_counts, variance, exposure, offset, poisson, q_points, chi_points, q_var,
-                     chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
+def fit_batch_serial(mean_counts, variance, exposure, offset, poisson, points, var_q, var_chi,
+                     at_points, q_nm, chi_deg, lower, upper,
                      max_iterations, ftol, xtol, min_significance, edge_margin_bins, min_valid_bins,
                      params, errors, status, chi2_reduced, n_iterations, raw_params, initial, exp_q,
                      exp_chi, sort_buffer, mats, vecs, means, usable):
     """Fit every window of a batch in turn; arrays carry a leading ``n_win`` axis.
 
     Scratch (``exp_q`` (n_q,), ``exp_chi`` (6, n_chi), ``sort_buffer`` (n_q * n_chi,), ``mats``
-    (4, 7, 7), ``vecs`` (8, 7), ``means`` (2, 2, n_q * n_chi), ``usable`` (n_q, n_chi)) is
+    (4, 7, 7), ``vecs`` (8, 7), ``means`` (2, 3, n_q * n_chi), ``usable`` (n_q, n_chi)) is
     shared by all windows;
     nothing is allocated per window.
     """
     for w in range(mean_counts.shape[0]):
         code, chi2_red, n_iter = fit_window_kernel(
-            mean_counts[w], variance[w], exposure[w], offset[w], poisson, q_points[w],
-            chi_points[w], q_var[w], chi_var[w], var_q[w], var_chi[w], at_points, q_nm[w],
+            mean_counts[w], variance[w], exposure[w], offset[w], poisson, points[w], var_q[w],
+            var_chi[w], at_points, q_nm[w],
             chi_deg[w], lower[w], upper[w], max_iterations, ftol, xtol, min_significance,
             edge_margin_bins, min_valid_bins, params[w], errors[w], raw_params[w], initial[w],
             exp_q, exp_chi, sort_buffer, mats, vecs, means, usable)
@@ -571,8 +569,8 @@ def fit_batch_serial(mean_counts, variance, exposure, offset, poisson, q_points,
 
 
 @numba.njit(parallel=True, error_model="numpy")
-def fit_batch_parallel(mean_counts, variance, exposure, offset, poisson, q_points, chi_points,
-                       q_var, chi_var, var_q, var_chi, at_points, q_nm, chi_deg, lower, upper,
+def fit_batch_parallel(mean_counts, variance, exposure, offset, poisson, points, var_q, var_chi,
+                       at_points, q_nm, chi_deg, lower, upper,
                        max_iterations, ftol, xtol, min_significance, edge_margin_bins,
                        min_valid_bins, params, errors, status, chi2_reduced, n_iterations,
                        raw_params, initial, exp_q, exp_chi, sort_buffer, mats, vecs, means,
@@ -587,8 +585,8 @@ def fit_batch_parallel(mean_counts, variance, exposure, offset, poisson, q_point
     for c in numba.prange(n_chunks):
         for w in range(c, n_win, n_chunks):
             code, chi2_red, n_iter = fit_window_kernel(
-                mean_counts[w], variance[w], exposure[w], offset[w], poisson, q_points[w],
-                chi_points[w], q_var[w], chi_var[w], var_q[w], var_chi[w], at_points, q_nm[w],
+                mean_counts[w], variance[w], exposure[w], offset[w], poisson, points[w], var_q[w],
+                var_chi[w], at_points, q_nm[w],
                 chi_deg[w], lower[w], upper[w], max_iterations, ftol, xtol, min_significance,
                 edge_margin_bins, min_valid_bins, params[w], errors[w], raw_params[w],
                 initial[w], exp_q[c], exp_chi[c], sort_buffer[c], mats[c], vecs[c], means[c],

@@ -34,7 +34,7 @@ import math
 import numba
 import numpy as np
 
-from analysis.vector_log import vector_log
+from analysis.vector_math import vector_exp, vector_log
 
 N_PARAMS = 7
 PARAM_NAMES = ("I0", "q0_nm", "chi0_deg", "sigma_q_nm", "sigma_chi_deg", "b0", "b1")
@@ -522,8 +522,9 @@ def _row_means(exposure, offset, chi_work, i, base, row_peak, background, out):
         good = np.float64(mu > 0.0)
         infeasible += e - e * good
         mu = mu * good + (1.0 - good)   # a select without a branch, which would stop vectorizing
-        out[0, base + j] = mu
-        out[1, base + j] = 1.0 / mu
+        k = np.uint64(base + j)         # unsigned: no negative-index wraparound, an affine store
+        out[0, k] = mu
+        out[1, k] = 1.0 / mu
     return infeasible
 
 
@@ -552,7 +553,7 @@ def poisson_normal_equations_kernel(p, mean_counts, exposure, offset, q_nm, chi_
     fitter's ``_count_valid`` makes); only ``exposure > 0`` is tested, and ``mean_counts`` and
     ``offset`` are not used elsewhere. The per-bin loops have no branch, so that LLVM
     vectorizes them (about 3x faster than one bin at a time; the logarithms are
-    :func:`analysis.vector_log.vector_log`).
+    :func:`analysis.vector_math.vector_log`).
 
     ``out`` (float64 (2, n_q * n_chi), row-major bins) receives each bin's model mean and its
     inverse. With ``use_ref`` the deviance is returned as its change from the state ``ref``
@@ -687,21 +688,83 @@ def _far_log_corrections(mean_counts, exposure, offset, ref, out, i, base):
     return total
 
 
-@numba.njit(cache=True, error_model="numpy")
-def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, offset, q_points,
-                                   chi_points, q_mid_nm, normal_matrix, gradient, observed,
-                                   use_ref, ref, out, q_var, chi_var, prevalidated=False):
+POINT_ROWS = 3
+"""Rows of a point kernel's per-bin state (``out``, ``ref``): the mean, its inverse, the peak shape."""
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH, inline="always")
+def _point_bin(usable, offset, points, i, j, q0, chi0, s_q2, s_chi2, q_mid_nm):
+    """One bin of a point kernel with its inputs made harmless where it does not enter the fit
+    (the window's centre, no broadening, no offset): (valid, offset, dq, dchi, dq_mid,
+    1 / s_q,eff^2, 1 / s_chi,eff^2, norm)."""
+    valid = usable[i, j] > 0.0
+    # every load unconditional, then a select: LLVM vectorizes selects, not conditional loads
+    o = offset[i, j]
+    qp = points[0, i, j]
+    cp = points[1, i, j]
+    vq = points[2, i, j]
+    vc = points[3, i, j]
+    o = o if valid else 0.0
+    qp = qp if valid else q0
+    dq = qp - q0
+    dchi = (cp if valid else chi0) - chi0
+    dq_mid = qp - q_mid_nm
+    var_q_eff = s_q2 + (vq if valid else 0.0)
+    var_chi_eff = s_chi2 + (vc if valid else 0.0)
+    inv_both = 1.0 / (var_q_eff * var_chi_eff)
+    return (valid, o, dq, dchi, dq_mid, var_chi_eff * inv_both, var_q_eff * inv_both,
+            _INV_TWO_PI * math.sqrt(inv_both))
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH, inline="always")
+def _point_row_means(poisson, p, usable, offset, points, i, base, q_mid_nm, out):
+    """The model's peak shape (``out`` row 2) and mean with its inverse (rows 0, 1; 1 where a
+    Poisson mean is not positive) in q row ``i``, in a loop of its own that LLVM vectorizes.
+    Returns the summed weight of the Poisson bins with a mean <= 0 (> 0: infeasible)."""
+    i0, q0, chi0, s_q, s_chi, b0, b1 = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
+    poisson_factor = 1.0 if poisson else 0.0
+    infeasible = 0.0
+    for j in range(usable.shape[1]):
+        valid, o, dq, dchi, dq_mid, inv_sq2, inv_schi2, norm = _point_bin(
+            usable, offset, points, i, j, q0, chi0, s_q * s_q, s_chi * s_chi, q_mid_nm)
+        exponent = 0.5 * (dq * dq * inv_sq2 + dchi * dchi * inv_schi2)
+        # beyond ~9 sigma the Gaussian is below 1e-17 of its maximum: background only
+        inside = np.float64(exponent <= TAIL_EXPONENT)
+        shape = inside * norm * vector_exp(-(inside * exponent))
+        mu = i0 * shape + b0 + b1 * dq_mid + o
+        good = np.float64(mu > 0.0)
+        e = usable[i, j]
+        infeasible += poisson_factor * (e - e * good)
+        mu = mu * good + (1.0 - good)
+        k = np.uint64(base + j)   # as in _row_means
+        out[0, k] = mu
+        out[1, k] = 1.0 / mu
+        out[2, k] = shape
+    return infeasible
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH)
+def points_normal_equations_kernel(poisson, p, mean_counts, usable, offset, points, q_mid_nm,
+                                   normal_matrix, gradient, observed, use_ref, ref, out):
     """Merit, chi2, normal matrix and gradient with the model evaluated at a point per bin.
 
     The non-separable counterpart of :func:`normal_equations_kernel` (``poisson`` False) and
     :func:`poisson_normal_equations_kernel` (True): bin (i, j) is modelled at
     ``(q_points[i, j], chi_points[i, j])``, the mean position of its pixels, instead of the bin
     centre (pixels of 2 x 2 per bin sit up to a tenth of a bin off it: 0.3 % of q0 for a
-    first-order SAXS peak). Exact Jacobian per bin; one exponential and 28 multiply-adds per
-    bin. A bin whose point is not finite is skipped. ``observed``, ``use_ref``, ``ref``,
-    ``out``, ``prevalidated`` (the exposure is then also 0 where a point is not finite): as
-    in :func:`poisson_normal_equations_kernel` (Poisson only). ``q_var``, ``chi_var``
-    (n_q, n_chi): each bin's broadening (see :func:`model_at`).
+    first-order SAXS peak), with its broadening. ``points`` (float64 (4, n_q, n_chi)) holds
+    per bin q, chi, and the broadening variances in q and chi (see :func:`model_at`), in one
+    array so that LLVM can vectorize the loop that reads them and writes ``out`` (it checks at
+    run time that the arrays do not overlap, for a few arrays only). Exact Jacobian per bin;
+    one exponential and 28 multiply-adds per bin.
+
+    ``usable`` (n_q, n_chi) is 0 in every bin that does not enter the fit (and only there);
+    elsewhere it is the bin's exposure (Poisson) or its weight ``1 / variance`` (least
+    squares). The ``points``, ``mean_counts`` and ``offset`` (read for least squares
+    too: zeros there) of the other bins are not used. ``observed``, ``use_ref``, ``ref``,
+    ``out``: as in :func:`poisson_normal_equations_kernel`, but with ``POINT_ROWS`` rows
+    (the third holds each bin's peak shape). As there, the per-bin loops have no branch and
+    LLVM vectorizes them (the exponentials: :func:`analysis.vector_math.vector_exp`).
 
     Returns
     -------
@@ -709,76 +772,45 @@ def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, 
         Poisson: deviance (or its change from ``ref``) and Pearson chi2; else chi2 twice. inf
         when a Poisson mean is <= 0.
     """
-    i0 = p[0]
-    q0 = p[1]
-    chi0 = p[2]
-    s_q = p[3]
-    s_chi = p[4]
-    b0 = p[5]
-    b1 = p[6]
+    i0, q0, chi0, s_q, s_chi, b0, b1 = p[0], p[1], p[2], p[3], p[4], p[5], p[6]
     s_q2 = s_q * s_q
     s_chi2 = s_chi * s_chi
+    poisson_factor = 1.0 if poisson else 0.0
+    observed_factor = 1.0 if (poisson and observed) else 0.0
     g0 = g1 = g2 = g3 = g4 = g5 = g6 = 0.0
     m00 = m10 = m11 = m20 = m21 = m22 = m30 = m31 = m32 = m33 = 0.0
     m40 = m41 = m42 = m43 = m44 = m50 = m51 = m52 = m53 = m54 = m55 = 0.0
     m60 = m61 = m62 = m63 = m64 = m65 = m66 = 0.0
-    merit = 0.0
+    deviance = 0.0
     chi2 = 0.0
     n_chi = mean_counts.shape[1]
     for i in range(mean_counts.shape[0]):
+        base = i * n_chi
+        if _point_row_means(poisson, p, usable, offset, points, i, base, q_mid_nm, out) > 0.0:
+            return np.inf, np.inf
+        far = 0.0
+        row_change = 0.0
         for j in range(n_chi):
-            e = 0.0
-            o = 0.0
-            v = 1.0
-            if poisson and prevalidated:
-                e = exposure[i, j]
-                if not e > 0.0:
-                    continue
-                o = offset[i, j]
-            else:
-                v = variance[i, j]
-                if not (math.isfinite(mean_counts[i, j]) and math.isfinite(v) and v > 0.0
-                        and math.isfinite(q_points[i, j]) and math.isfinite(chi_points[i, j])):
-                    continue
-                if poisson:
-                    e = exposure[i, j]
-                    o = offset[i, j]
-                    if not (math.isfinite(e) and e > 0.0 and math.isfinite(o)):
-                        continue
-            y = mean_counts[i, j]
-            qp = q_points[i, j]
-            cp = chi_points[i, j]
-            dq = qp - q0
-            dchi = cp - chi0
-            dq_mid = qp - q_mid_nm
-            var_q_eff = s_q2 + q_var[i, j]
-            var_chi_eff = s_chi2 + chi_var[i, j]
-            inv_both = 1.0 / (var_q_eff * var_chi_eff)
-            inv_sq2 = var_chi_eff * inv_both
-            inv_schi2 = var_q_eff * inv_both
-            norm = _INV_TWO_PI * math.sqrt(inv_both)
-            exponent = 0.5 * (dq * dq * inv_sq2 + dchi * dchi * inv_schi2)
-            # beyond ~9 sigma the Gaussian is below 1e-17 of its maximum: background only
-            tail = exponent > TAIL_EXPONENT
-            shape = 0.0 if tail else norm * math.exp(-exponent)
+            valid, o, dq, dchi, dq_mid, inv_sq2, inv_schi2, _ = _point_bin(
+                usable, offset, points, i, j, q0, chi0, s_q2, s_chi2, q_mid_nm)
+            e = usable[i, j]
+            y = mean_counts[i, j] if valid else 0.0
+            k = base + j
+            mu = out[0, k]
+            inv_mu = out[1, k]
+            shape = out[2, k]
             peak = i0 * shape
-            model = peak + b0 + b1 * dq_mid
-            r = y - model
-            if poisson:
-                mu = model + o
-                if not mu > 0.0:
-                    return np.inf, np.inf
-                inv_mu = 1.0 / mu
-                observed_y = max(y + o, 0.0)
-                merit += _deviance_term(e, mu, inv_mu, observed_y, use_ref, ref, out,
-                                        i * n_chi + j)
-                w = e * inv_mu
-                wr = w * r
-                wb = w * observed_y * inv_mu if observed else w
-            else:
-                w = 1.0 / v
-                wr = w * r
-                wb = w
+            r = y - (peak + b0 + b1 * dq_mid)
+            observed_y = y + o
+            observed_y *= np.float64(observed_y > 0.0)
+            # Poisson deviance change from ref by the series (the other bins: below)
+            mu_ref = ref[0, k]
+            x = (mu - mu_ref) * ref[1, k]
+            far += e * np.float64(abs(x) >= LOG_SERIES_RANGE)
+            row_change += e * ((mu - mu_ref) - observed_y * _log_ratio_series(x))
+            w = e * (1.0 + poisson_factor * (inv_mu - 1.0))
+            wr = w * r
+            wb = w + observed_factor * (w * observed_y * inv_mu - w)
             chi2 += wr * r
             w6 = wb * dq_mid
             g5 += wr
@@ -786,8 +818,6 @@ def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, 
             m55 += wb
             m65 += w6
             m66 += w6 * dq_mid
-            if tail:
-                continue
             j0 = shape
             j1 = peak * dq * inv_sq2
             j2 = peak * dchi * inv_schi2
@@ -828,6 +858,13 @@ def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, 
             m62 += w6 * j2
             m63 += w6 * j3
             m64 += w6 * j4
+        if poisson:
+            if not use_ref:
+                deviance += _row_deviance(mean_counts, usable, offset, out, i, base)
+            else:
+                deviance += row_change
+                if far > 0.0:
+                    deviance += _far_log_corrections(mean_counts, usable, offset, ref, out, i, base)
     gradient[0] = g0
     gradient[1] = g1
     gradient[2] = g2
@@ -845,7 +882,7 @@ def points_normal_equations_kernel(poisson, p, mean_counts, variance, exposure, 
             k += 1
     if not poisson:
         return chi2, chi2
-    return 2.0 * merit, chi2
+    return 2.0 * deviance, chi2
 
 
 def fit_window_curve_fit(mean_counts, variance, q_centres_nm, chi_centres_deg, p0, lower, upper,

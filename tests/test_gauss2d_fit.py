@@ -30,7 +30,7 @@ from analysis.gauss2d_model import (FWHM_PER_SIGMA, N_PARAMS, chi2_normal_equati
                                     fit_window_curve_fit, fit_window_poisson_reference,
                                     fwhm_from_sigma, gauss2d_jacobian, gauss2d_model,
                                     model_at, normal_equations_kernel,
-                                    points_normal_equations_kernel,
+                                    POINT_ROWS, points_normal_equations_kernel,
                                     poisson_deviance_terms, poisson_normal_equations_kernel,
                                     poisson_valid_bins,
                                     q_mid_of, sigma_from_fwhm)
@@ -195,11 +195,13 @@ def test_poisson_kernels_match_numpy():
     for observed in (False, True):
         for at_points in (False, True):
             matrix, gradient = np.empty((7, 7)), np.empty(7)
-            means = np.zeros((2, 2, n_bins))
+            means = np.zeros((2, POINT_ROWS, n_bins))
             if at_points:
+                usable_points = np.where(np.isfinite(points[0]) & np.isfinite(points[1]), usable, 0.0)
+                packed = np.stack([*points, *broadening])
                 call = lambda params, use_ref: points_normal_equations_kernel(  # noqa: E731
-                    True, params, y, v, e, o, points[0], points[1], q_mid_of(q), matrix,
-                    gradient, observed, use_ref, means[0], means[1], *broadening)
+                    True, params, y, usable_points, o, packed, q_mid_of(q), matrix, gradient,
+                    observed, use_ref, means[0], means[1])
                 reference = dict(points=points, broadening=broadening)
             else:
                 call = lambda params, use_ref: poisson_normal_equations_kernel(  # noqa: E731
@@ -260,48 +262,62 @@ def test_newton_matrix_is_the_hessian_of_the_deviance():
     assert np.max(np.abs(observed - numeric) / scale) > 1e-2
 
 
-def test_prevalidated_point_kernel_equals_the_checking_one():
-    """Given the exposure zeroed where a bin does not enter the fit, the point kernel's one-test
-    path gives bit for bit the results of its per-bin checks (NaN values, zero variances and
-    exposures, a non-finite point in the window). The separable kernel has only the one-test
-    path: it reads the mean counts and offsets of usable bins alone (NaN elsewhere changes
-    nothing)."""
+def test_kernels_read_only_the_usable_bins():
+    """The Poisson kernels read the mean counts, offsets, points and broadening of the bins with
+    a usable exposure (> 0) only: NaN and inf in all the others change nothing, bit for bit."""
     p, y, v, e, o, q, chi, rng = _poisson_window()
     points, broadening = jittered_points(rng, q, chi)
     points = (points[0].copy(), points[1])
     points[0][30, 5:9] = np.nan
-    usable = np.where(poisson_valid_bins(y, v, e, o), e, 0.0)
-    for newton in (False, True):
-        clean = _separable_poisson_call(y, v, e, o, q, chi, newton)(p)
-        unused = usable == 0
-        matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, 2, y.size))
-        merit = poisson_normal_equations_kernel(
-            p, np.where(unused, np.nan, y), usable, np.where(unused, np.inf, o), q, chi, q_mid_of(q),
-            np.empty(N_Q), np.empty((6, N_CHI)), np.empty(7), matrix, gradient, True, False, means[0],
-            means[1], 2e-4, 0.3, newton)
-        for a, b in zip(clean, (merit, matrix, gradient)):
-            np.testing.assert_array_equal(a, b)
-    usable_points = np.where(np.isfinite(points[0]) & np.isfinite(points[1]), usable, 0.0)
-    results = []
-    for exposure, variance, prevalidated in ((e, v, False), (usable_points, v * np.nan, True)):
-        matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, y.size))
-        merit = points_normal_equations_kernel(
-            True, p, y, variance, exposure, o, points[0], points[1], q_mid_of(q), matrix, gradient,
-            True, False, means, means, *broadening, prevalidated)
-        results.append((merit, matrix, gradient))
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
+    usable = np.where(poisson_valid_bins(y, v, e, o) & np.isfinite(points[0]), e, 0.0)
+    unused = usable == 0
+
+    def polluted(a, value):
+        return np.where(unused, value, a)
+
+    for at_points in (False, True):
+        for newton in (False, True) if not at_points else (False,):
+            results = []
+            for data in ((y, o, points, broadening),
+                         (polluted(y, np.nan), polluted(o, np.inf),
+                          tuple(polluted(a, np.nan) for a in points), tuple(polluted(a, np.inf) for a in broadening))):
+                matrix, gradient, means = np.empty((7, 7)), np.empty(7), np.zeros((2, POINT_ROWS, y.size))
+                if at_points:
+                    merit = points_normal_equations_kernel(
+                        True, p, data[0], usable, data[1], np.stack([*data[2], *data[3]]), q_mid_of(q), matrix,
+                        gradient, True, False, means[0], means[1])
+                else:
+                    merit = poisson_normal_equations_kernel(
+                        p, data[0], usable, data[1], q, chi, q_mid_of(q), np.empty(N_Q), np.empty((6, N_CHI)),
+                        np.empty(7), matrix, gradient, True, False, means[0], means[1], 2e-4, 0.3, newton)
+                results.append((merit, matrix, gradient))
+            for a, b in zip(*results):
+                np.testing.assert_array_equal(a, b)
 
 
-def test_vector_log_matches_numpy():
-    """The branch-free logarithm of the fit kernels is within 1 ulp of ``np.log`` over the
-    whole range of positive normal doubles, at the reduction's edges and next to 1."""
-    from analysis.vector_log import vector_log
+def test_vector_math_matches_numpy():
+    """The branch-free logarithm and exponential of the fit kernels are within 1 and 2 ulp of
+    NumPy's over their whole domains (positive normal doubles; -708 to 709), at the range
+    reductions' edges and next to 1 and 0."""
+    from analysis.vector_math import vector_exp, vector_log
 
     @numba.njit
     def logs(x, out):
         for i in range(x.size):
             out[i] = vector_log(x[i])
+
+    @numba.njit
+    def exps(x, out):
+        for i in range(x.size):
+            out[i] = vector_exp(x[i])
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(-708.0, 709.0, 100_000), rng.uniform(-1.0, 1.0, 100_000),
+                        [0.0, -708.0, 709.0, 1e-300, -1e-17, 0.5 * np.log(2.0), -0.5 * np.log(2.0), -40.0]])
+    out = np.empty_like(x)
+    exps(x, out)
+    assert np.all(np.abs(out - np.exp(x)) <= 2 * np.spacing(np.exp(x)))
+    assert out[-8] == 1.0
 
     rng = np.random.default_rng(5)
     x = np.concatenate([np.exp(rng.uniform(-700.0, 700.0, 100_000)), rng.uniform(0.5, 2.0, 100_000),
