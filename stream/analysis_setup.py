@@ -8,6 +8,7 @@ Analyzers (with their geometry tables) are built once per pixel mask and reused.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,12 +120,41 @@ def resolve_config_path(name: str | None, default: str) -> str:
 
 
 class AverageAnalysis:
-    """The collector's analysis of a series' average pattern (built lazily: the tables cost a
-    few seconds and are only needed at the end of a series)."""
+    """The collector's analysis of a series' average pattern.
+
+    Its analyzer's tables cost a few seconds and are needed only at the end of a series. Built
+    there, they held up the collector thread, and with it the maps of the next series, for
+    those seconds: :meth:`prepare_in_background` builds them in a thread of their own when the
+    service starts, and :meth:`analyse` waits for it (or builds them itself without it)."""
 
     def __init__(self, setup: AnalysisSetup) -> None:
         self.setup = setup
-        self._cache: AnalyzerCache | None = None
+        self._analyzer: FrameAnalyzer | None = None
+        self._failure: BaseException | None = None
+        self._preparing: threading.Thread | None = None
+
+    def _build(self) -> None:
+        try:
+            self._analyzer = AnalyzerCache(self.setup).default()
+        except Exception as exc:  # re-raised by analyzer(), in the collector's thread
+            self._failure = exc
+
+    def prepare_in_background(self) -> "AverageAnalysis":
+        """Start building the analyzer in a daemon thread (once)."""
+        if self._preparing is None and self._analyzer is None:
+            self._preparing = threading.Thread(target=self._build, name="braggmap-average-tables", daemon=True)
+            self._preparing.start()
+        return self
+
+    def analyzer(self) -> FrameAnalyzer:
+        """The analyzer of the average pattern, once built (raises what building it raised)."""
+        if self._preparing is not None:
+            self._preparing.join()
+        elif self._analyzer is None and self._failure is None:
+            self._build()
+        if self._failure is not None:
+            raise self._failure
+        return self._analyzer
 
     def analyse(self, maps, signal_sum, raw_sum, n_valid, n_frames):
         """Fit the merged average pattern; when no NC size L is configured, fill the g_q and
@@ -132,9 +162,7 @@ class AverageAnalysis:
         from analysis.average_pattern import AverageAccumulator, apply_broadening, fit_average_pattern
         from analysis.status import Status
 
-        if self._cache is None:
-            self._cache = AnalyzerCache(self.setup)
-        analyzer = self._cache.default()
+        analyzer = self.analyzer()
         accumulator = AverageAccumulator(analyzer.table.bins_shape)
         accumulator.merge(signal_sum, raw_sum, n_valid, n_frames)
         result = fit_average_pattern(analyzer.fitter, accumulator, analyzer.K)

@@ -105,7 +105,7 @@ class Service:
         self.collector = Collector(
             config.collector_endpoint, parameters, self._complete, grid_for=self._grid_for,
             publish_endpoint=config.publish_endpoint, results_timeout_s=config.results_timeout_s,
-            average_analysis=AverageAnalysis(config.setup),
+            average_analysis=AverageAnalysis(config.setup).prepare_in_background(),
             placement=DocumentPlacement(parameters, config.documents_settle_s) if config.documents_endpoint else None,
         )
         if config.detail_endpoint is not None:
