@@ -655,15 +655,21 @@ def poisson_normal_equations_kernel(p, mean_counts, exposure, offset, q_nm, chi_
 
 
 @numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH, inline="always")
+def _observed(mean_counts, offset, i, j, e):
+    """A bin's observed photons per exposure unit, ``max(y + o, 0)``, and 0 where the exposure
+    ``e`` is 0 (its value may be NaN there), without a branch."""
+    observed_y = (mean_counts[i, j] + offset[i, j]) if e > 0.0 else 0.0
+    return observed_y * np.float64(observed_y > 0.0)
+
+
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH, inline="always")
 def _row_deviance(mean_counts, exposure, offset, out, i, base):
     """Half the deviance of q row ``i`` from the means in ``out`` (bins with exposure > 0;
     branch-free, as :func:`_deviance_of`)."""
     total = 0.0
     for j in range(exposure.shape[1]):
         e = exposure[i, j]
-        valid = e > 0.0
-        observed_y = (mean_counts[i, j] + offset[i, j]) if valid else 0.0
-        observed_y *= np.float64(observed_y > 0.0)
+        observed_y = _observed(mean_counts, offset, i, j, e)
         counted = np.float64(observed_y > 0.0)
         k = base + j
         total += e * (out[0, k] + observed_y * (vector_log(observed_y * out[1, k] + (1.0 - counted)) - 1.0))
@@ -678,9 +684,7 @@ def _far_log_corrections(mean_counts, exposure, offset, ref, out, i, base):
     total = 0.0
     for j in range(exposure.shape[1]):
         e = exposure[i, j]
-        valid = e > 0.0
-        observed_y = (mean_counts[i, j] + offset[i, j]) if valid else 0.0
-        observed_y *= np.float64(observed_y > 0.0)
+        observed_y = _observed(mean_counts, offset, i, j, e)
         k = base + j
         x = (out[0, k] - ref[0, k]) * ref[1, k]
         far = np.float64(abs(x) >= LOG_SERIES_RANGE)

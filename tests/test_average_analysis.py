@@ -12,16 +12,22 @@ from stream import analysis_setup
 from stream.analysis_setup import AnalysisSetup, AverageAnalysis
 
 
-def test_tables_are_built_once_in_their_own_thread(monkeypatch):
-    builds = []
+@pytest.fixture
+def builds(monkeypatch):
+    """The names of the threads that built an analyzer cache (the real one, counted)."""
+    names = []
     real = analysis_setup.AnalyzerCache
 
     class CountingCache(real):
         def __init__(self, setup):
-            builds.append(threading.current_thread().name)
+            names.append(threading.current_thread().name)
             super().__init__(setup)
 
     monkeypatch.setattr(analysis_setup, "AnalyzerCache", CountingCache)
+    return names
+
+
+def test_tables_are_built_once_in_their_own_thread(builds):
     average = AverageAnalysis(AnalysisSetup.default()).prepare_in_background()
     assert average.prepare_in_background() is average  # a second call starts nothing
     analyzer = average.analyzer()
@@ -32,16 +38,7 @@ def test_tables_are_built_once_in_their_own_thread(monkeypatch):
     assert result is not None and builds == ["braggmap-average-tables"]
 
 
-def test_without_preparation_the_tables_are_built_when_needed(monkeypatch):
-    builds = []
-    real = analysis_setup.AnalyzerCache
-
-    class CountingCache(real):
-        def __init__(self, setup):
-            builds.append(threading.current_thread().name)
-            super().__init__(setup)
-
-    monkeypatch.setattr(analysis_setup, "AnalyzerCache", CountingCache)
+def test_without_preparation_the_tables_are_built_when_needed(builds):
     average = AverageAnalysis(AnalysisSetup.default())
     assert builds == []
     average.analyzer()
