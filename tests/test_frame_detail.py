@@ -54,15 +54,24 @@ def test_store_keeps_payloads_on_disk_and_returns_them(tmp_path):
     assert store.get(1, 2)[1] == b"replaced" and store.frame_indices(1) == [0, 1, 2, 3, 4]
 
 
-def test_store_keeps_two_series_and_deletes_files(tmp_path):
+def test_store_keeps_two_series_and_recycles_the_oldest_file(tmp_path):
+    """A third series overwrites the first one's file (its pages are cached: cheaper writes than
+    a new file's); what the first series left beyond the third one's bytes is never read."""
     store = FrameStore(directory=str(tmp_path))
-    for series in (1, 2):
-        store.add(_frame(series, 0, b"x" * series))
+    store.add(_frame(1, 0, b"first series, a long payload"))
+    store.add(_frame(1, 1, b"and another"))
+    store.add(_frame(2, 0, b"xx"))
     first_paths = store.paths()
     store.add(_frame(3, 0, b"third"))
+    store.add(_frame(3, 1, b"3b"))
     assert store.series_ids() == [2, 3]
-    assert not Path(first_paths[0]).exists() and Path(first_paths[1]).exists()
+    assert store.paths() == [first_paths[1], first_paths[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(p).name for p in first_paths)
     assert store.get(1, 0) is None and store.get(2, 0)[1] == b"xx"
+    assert store.get(3, 0)[1] == b"third" and store.get(3, 1)[1] == b"3b" and store.frame_indices(3) == [0, 1]
+    assert store.stored_bytes() == 2 + 7
+    store.add(_frame(4, 0, b"fourth"))  # now series 2's file is the one overwritten
+    assert store.paths() == [first_paths[0], first_paths[1]] and store.get(4, 0)[1] == b"fourth"
     store.close()
     assert list(tmp_path.iterdir()) == []
     store.add(_frame(4, 0, b"after close"))
