@@ -435,6 +435,30 @@ def test_fit_matches_curve_fit(name):
     assert result.chi2_reduced[0] == pytest.approx(chi2_red, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["saxs_centred_300", "waxs_masked_1000"])
+def test_least_squares_at_points_matches_curve_fit(name):
+    """The point kernel's least-squares path (weights 1 / variance of the usable bins) against
+    curve_fit of the same point model with the same broadening."""
+    layout, kwargs = REFERENCE_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()) + 1)
+    y, v, q, chi = simulate(rng, layout, true_params(layout, **kwargs))
+    if "masked" in name:
+        y[0, 14:18, :] = np.nan
+    points, broadening = jittered_points(rng, q, chi)
+    points[0][3, 3] = np.nan                       # a bin without a point is left out
+    result = fit_windows(y, v, q, chi, points=tuple(a[None] for a in points),
+                         broadening=tuple(a[None] for a in broadening))
+    assert result.status[0] == Status.OK
+    keep = np.isfinite(points[0])
+    popt, perr, chi2_red = fit_window_curve_fit(
+        np.where(keep, y[0], np.nan), v[0], q, chi, result.initial[0], result.lower[0], result.upper[0],
+        points=tuple(np.where(keep, a, 0.0) for a in points), broadening=broadening)
+    perr = perr * max(1.0, np.sqrt(chi2_red))
+    np.testing.assert_array_less(np.abs(result.params[0] - popt), 1e-3 * np.abs(popt) + 1e-3 * perr)
+    np.testing.assert_allclose(result.errors[0], perr, rtol=0.1)
+    assert result.chi2_reduced[0] == pytest.approx(chi2_red, rel=1e-6)
+
+
 def test_fixed_parameter_stays_put_and_matches_curve_fit():
     rng = np.random.default_rng(21)
     y, v, q, chi = simulate(rng, SAXS, true_params(SAXS, 500.0))
