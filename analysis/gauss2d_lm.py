@@ -444,11 +444,10 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, points, 
     poisson : bool
         Poisson maximum likelihood (True) or least squares with the fixed ``variance``.
     points : float64 (4, n_q, n_chi)
-        Where to evaluate the model in each bin (mean pixel position; a non-finite point
-        skips the bin); read only when ``at_points``, else the bin centres are used.
-    q_var, chi_var : float64 (n_q, n_chi)
-        Broadening of each bin (nm^-2, deg^2; see :func:`analysis.gauss2d_model.model_at`),
-        read only when ``at_points``.
+        Per bin, where to evaluate the model, q and chi (the mean pixel position; a
+        non-finite point skips the bin), and its broadening in q and chi (nm^-2, deg^2; see
+        :func:`analysis.gauss2d_model.model_at`); read only when ``at_points``, else the bin
+        centres are used.
     var_q, var_chi : float
         Broadening of every bin at the bin centres (when not ``at_points``).
     at_points : bool

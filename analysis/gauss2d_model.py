@@ -24,7 +24,9 @@ Two layers here:
 * the Numba routines the Levenberg-Marquardt kernel calls: ``normal_equations_kernel`` and
   ``poisson_normal_equations_kernel`` use that the Gaussian is separable in q and chi at the
   bin centres, so one evaluation costs n_q + n_chi exponentials instead of n_q * n_chi;
-  ``points_normal_equations_kernel`` evaluates it at a point per bin.
+  ``points_normal_equations_kernel`` evaluates it at a point per bin. The two Poisson kernels'
+  per-bin loops have no branch, so that LLVM vectorizes them (``VECTOR_MATH``,
+  :mod:`analysis.vector_math`).
 """
 
 from __future__ import annotations
@@ -754,7 +756,7 @@ def points_normal_equations_kernel(poisson, p, mean_counts, usable, offset, poin
 
     The non-separable counterpart of :func:`normal_equations_kernel` (``poisson`` False) and
     :func:`poisson_normal_equations_kernel` (True): bin (i, j) is modelled at
-    ``(q_points[i, j], chi_points[i, j])``, the mean position of its pixels, instead of the bin
+    ``(points[0, i, j], points[1, i, j])``, the mean position of its pixels, instead of the bin
     centre (pixels of 2 x 2 per bin sit up to a tenth of a bin off it: 0.3 % of q0 for a
     first-order SAXS peak), with its broadening. ``points`` (float64 (4, n_q, n_chi)) holds
     per bin q, chi, and the broadening variances in q and chi (see :func:`model_at`), in one
