@@ -210,8 +210,12 @@ def map_vectors(parameters: Sequence[str], *parts: tuple[Mapping, Mapping]) -> t
     missing = [name for name in parameters if name not in values or name not in statuses]
     if missing:
         raise ConfigurationError(f"no value computed for map parameter(s) {missing}")
-    value_stack = np.stack([np.asarray(values[n], dtype=np.float64) for n in parameters], axis=-1)
-    status_stack = np.stack([np.asarray(statuses[n], dtype=np.int32) for n in parameters], axis=-1)
+    lead = np.shape(values[parameters[0]]) if parameters else ()
+    value_stack = np.empty(lead + (len(parameters),))
+    status_stack = np.empty(lead + (len(parameters),), np.int32)
+    for k, name in enumerate(parameters):  # (half the time of np.stack over ~120 small arrays)
+        value_stack[..., k] = values[name]
+        status_stack[..., k] = statuses[name]
     with np.errstate(invalid="ignore"):
         status_stack = np.where((status_stack == Status.OK) & ~np.isfinite(value_stack),
                                 int(Status.INVALID_INPUT), status_stack).astype(np.int32)
