@@ -256,9 +256,9 @@ def _errors_from_normal_matrix(normal_matrix, lower, upper, scaled, factor, colu
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _evaluate(poisson, p, mean_counts, variance, exposure, offset, points, var_q, var_chi,
-              at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row,
-              normal_matrix, gradient, observed, use_ref, ref, out, newton, usable):
+def _evaluate(poisson, p, mean_counts, variance, offset, points, var_q, var_chi, at_points, q_nm,
+              chi_deg, q_mid, exp_q, exp_chi, row, normal_matrix, gradient, observed, use_ref, ref,
+              out, newton, usable):
     """(merit, chi2) and the normal equations at ``p``: for Poisson the deviance (its change
     from the state ``ref`` with ``use_ref``), Pearson's chi2 and the observed (``observed``)
     or Fisher information, the bins' means going to ``out``; for fixed variances chi2 twice.
@@ -267,8 +267,8 @@ def _evaluate(poisson, p, mean_counts, variance, exposure, offset, points, var_q
     ``at_points``, else at the bin centres with the window's broadening ``var_q``,
     ``var_chi`` (separable); ``newton``: Newton's matrix (the whole Hessian) there, for
     Poisson at the bin centres only. ``usable``: 0 in every bin that does not enter the fit,
-    else its exposure (Poisson) or weight (least squares; from :func:`_count_valid`), read
-    instead of ``exposure`` so that the kernels test one number per bin."""
+    else its exposure (Poisson) or weight (least squares; from :func:`_count_valid`): the
+    kernels test one number per bin."""
     if at_points:
         return points_normal_equations_kernel(poisson, p, mean_counts, usable, offset, points,
                                               q_mid, normal_matrix, gradient, observed, use_ref,
@@ -324,10 +324,9 @@ def _make_feasible(p, usable, offset, points, at_points, q_nm, chi_deg, q_mid, l
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, points, var_q,
-                         var_chi, at_points, q_nm, chi_deg,
-                         q_mid, lower, upper,
-                         max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs, means, usable):
+def _levenberg_marquardt(poisson, p, mean_counts, variance, offset, points, var_q, var_chi,
+                         at_points, q_nm, chi_deg, q_mid, lower, upper, max_iterations, ftol, xtol,
+                         exp_q, exp_chi, mats, vecs, means, usable):
     """Damped Gauss-Newton (fixed variances) or Newton (Poisson deviance, observed
     information) iterations from ``p`` (updated in place).
 
@@ -350,10 +349,9 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, po
     row = vecs[_ROW]
     held = vecs[_HELD]
     current = 0
-    merit, chi2 = _evaluate(poisson, p, mean_counts, variance, exposure, offset, points, var_q,
-                            var_chi, at_points, q_nm,
-                            chi_deg, q_mid, exp_q, exp_chi, row, a_mat, g, True, False,
-                            means[1], means[0], False, usable)
+    merit, chi2 = _evaluate(poisson, p, mean_counts, variance, offset, points, var_q, var_chi,
+                            at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row, a_mat, g, True,
+                            False, means[1], means[0], False, usable)
     if not math.isfinite(merit):
         return False, merit, chi2, 0, current
     for k in range(N_PARAMS):
@@ -393,11 +391,10 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, exposure, offset, po
                 predicted -= delta[a] * a_mat[a, b] * delta[b]
         # close to the optimum, Newton's matrix at the trial point for the step after it
         newton = poisson and not at_points and math.sqrt(step2) <= NEWTON_STEP
-        merit_trial, chi2_trial = _evaluate(poisson, trial, mean_counts, variance, exposure,
-                                            offset, points, var_q, var_chi, at_points, q_nm,
-                                            chi_deg, q_mid,
-                                            exp_q, exp_chi, row, a_trial, g_trial, True, True,
-                                            means[current], means[1 - current], newton,
+        merit_trial, chi2_trial = _evaluate(poisson, trial, mean_counts, variance, offset,
+                                            points, var_q, var_chi, at_points, q_nm, chi_deg,
+                                            q_mid, exp_q, exp_chi, row, a_trial, g_trial, True,
+                                            True, means[current], means[1 - current], newton,
                                             usable)
         # Poisson: the kernel returned the deviance change itself (accurate to rounding)
         change = merit_trial if poisson else merit_trial - merit
@@ -494,17 +491,17 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, points, 
         raw_out[:] = p
         return _NOT_CONVERGED, np.nan, 0
     converged, merit, chi2, n_iterations, current = _levenberg_marquardt(
-        poisson, p, mean_counts, variance, exposure, offset, points, var_q, var_chi, at_points,
-        q_nm, chi_deg, q_mid, lower, upper, max_iterations,
-        ftol, xtol, exp_q, exp_chi, mats, vecs, means, usable)
+        poisson, p, mean_counts, variance, offset, points, var_q, var_chi, at_points, q_nm,
+        chi_deg, q_mid, lower, upper, max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs,
+        means, usable)
     if not math.isfinite(merit):
         return _INVALID_INPUT, np.nan, 0
     if poisson:
         # errors from the Fisher information at the optimum
-        _, chi2 = _evaluate(True, p, mean_counts, variance, exposure, offset, points, var_q,
-                            var_chi, at_points, q_nm,
-                            chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A], vecs[_G],
-                            False, True, means[current], means[1 - current], False, usable)
+        _, chi2 = _evaluate(True, p, mean_counts, variance, offset, points, var_q, var_chi,
+                            at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A],
+                            vecs[_G], False, True, means[current], means[1 - current], False,
+                            usable)
 
     a_mat = mats[_A]
     damped = mats[_M]

@@ -227,36 +227,6 @@ def _log_ratio_series(x):
 
 
 @numba.njit(cache=True, inline="always")
-def _log_ratio(mu, mu_ref, inv_mu_ref):
-    """ln(mu / mu_ref): the series when the ratio is within ``LOG_SERIES_RANGE`` of 1, else the
-    logarithm. Near convergence almost every bin takes the series."""
-    x = (mu - mu_ref) * inv_mu_ref
-    if abs(x) < LOG_SERIES_RANGE:
-        return _log_ratio_series(x)
-    return math.log(mu * inv_mu_ref)
-
-
-@numba.njit(cache=True, inline="always")
-def _deviance_of(e, mu, inv_mu, observed_y):
-    """Half the deviance of one bin, ``e (mu - N + N ln(N / mu))`` with ``N = observed_y``."""
-    if observed_y > 0.0:
-        return e * (mu + observed_y * (math.log(observed_y * inv_mu) - 1.0))
-    return e * mu
-
-
-@numba.njit(cache=True, inline="always")
-def _deviance_term(e, mu, inv_mu, observed_y, use_ref, ref, out, k):
-    """Half the deviance of one bin (or its change from the reference state), and record
-    ``mu``, ``1 / mu`` in ``out`` (rows 0, 1 at bin ``k``)."""
-    out[0, k] = mu
-    out[1, k] = inv_mu
-    if use_ref:
-        mu_ref = ref[0, k]
-        return e * ((mu - mu_ref) - observed_y * _log_ratio(mu, mu_ref, ref[1, k]))
-    return _deviance_of(e, mu, inv_mu, observed_y)
-
-
-@numba.njit(cache=True, inline="always")
 def _pair_sum(k, l, s00, s01, s02, s03, s11, s12, s13, s22, s23, s33):
     """Element (k, l) of the symmetric 4 x 4 table of weighted chi-function products."""
     if k > l:
@@ -666,8 +636,8 @@ def _observed(mean_counts, offset, i, j, e):
 
 @numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH, inline="always")
 def _row_deviance(mean_counts, exposure, offset, out, i, base):
-    """Half the deviance of q row ``i`` from the means in ``out`` (bins with exposure > 0;
-    branch-free, as :func:`_deviance_of`)."""
+    """Half the deviance of q row ``i``, ``sum e (mu - N + N ln(N / mu))`` over the bins with
+    exposure ``e`` > 0 (``N``: :func:`_observed`), from the means in ``out``, without a branch."""
     total = 0.0
     for j in range(exposure.shape[1]):
         e = exposure[i, j]
