@@ -12,7 +12,8 @@ branches, the exponent handled with integer operations on the bits:
   approximation of ``exp(r)``, times ``2^k`` built from its bits. Domain: ``-708 <= x <= 709``
   (results between the smallest normal double and the largest); outside it, meaningless.
 
-Callers select the lanes outside the domain away. Both are within 1 ulp of NumPy's (tested).
+Callers select the lanes outside the domain away. Within 1 ulp (log) and 2 ulp (exp) of
+NumPy's (tested).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ _LG4 = 2.222219843214978396e-01
 _LG5 = 1.818357216161805012e-01
 _LG6 = 1.531383769920937332e-01
 _LG7 = 1.479819860511658591e-01
+_INV_LN2 = 1.44269504088896338700e+00
+_P1 = 1.66666666666666019037e-01
+_P2 = -2.77777777770155933842e-03
+_P3 = 6.61375632143793436117e-05
+_P4 = -1.65339022054652515390e-06
+_P5 = 4.13813679705723846039e-08
 _MANTISSA = np.int64(0x000FFFFFFFFFFFFF)
 _ONE_BITS = np.int64(0x3FF0000000000000)
 _FIFTY_TWO = np.int64(52)
@@ -62,14 +69,6 @@ def _bits_float(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
-
-
-_INV_LN2 = 1.44269504088896338700e+00
-_P1 = 1.66666666666666019037e-01
-_P2 = -2.77777777770155933842e-03
-_P3 = 6.61375632143793436117e-05
-_P4 = -1.65339022054652515390e-06
-_P5 = 4.13813679705723846039e-08
 
 
 @numba.njit(cache=True, inline="always")

@@ -130,7 +130,7 @@ class AverageAnalysis:
     def __init__(self, setup: AnalysisSetup) -> None:
         self.setup = setup
         self._analyzer: FrameAnalyzer | None = None
-        self._failure: BaseException | None = None
+        self._failure: Exception | None = None
         self._preparing: threading.Thread | None = None
 
     def _build(self) -> None:

@@ -21,7 +21,6 @@ kind               direction                   parts after the kind
 from __future__ import annotations
 
 import hashlib
-
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
