@@ -209,6 +209,28 @@ def _three_row_sums(excess, variance, i, n_q, n_chi, sums):
 
 
 @numba.njit(cache=True, error_model="numpy")
+def _smoothed_row(excess, i, n_chi, sums):
+    """``sums[2, j]``: the 3 x 3 sum of the valid excess around bin (i, j) in units of its noise,
+    ``-inf`` where that bin is invalid (NaN excess), from the row sums of
+    :func:`_three_row_sums` in ``sums[0]`` and ``sums[1]`` (n_chi >= 2). The loops have no
+    branch, so LLVM vectorizes the square roots and divisions; each sum is added in the order
+    centre, left, right at every column, as the maximum search did before."""
+    row = np.uint64(i) * np.uint64(n_chi)
+    one = np.uint64(1)
+    last = np.uint64(n_chi - 1)
+    sums[2, 0] = (sums[0, 0] + sums[0, 1]) / math.sqrt(sums[1, 0] + sums[1, 1])
+    for k in range(1, n_chi - 1):
+        j = np.uint64(k)
+        total = (sums[0, j] + sums[0, j - one]) + sums[0, j + one]
+        total_variance = (sums[1, j] + sums[1, j - one]) + sums[1, j + one]
+        sums[2, j] = total / math.sqrt(total_variance)
+    sums[2, last] = (sums[0, last] + sums[0, last - one]) / math.sqrt(sums[1, last] + sums[1, last - one])
+    for k in range(n_chi):
+        j = np.uint64(k)
+        sums[2, j] = -np.inf if math.isnan(excess[row + j]) else sums[2, j]
+
+
+@numba.njit(cache=True, error_model="numpy")
 def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buffer, row_scratch):
     """Initial guess for one window (Numba; algorithm in the module docstring).
 
@@ -222,7 +244,7 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
         Output: ``[I0, q0_nm, chi0_deg, sigma_q_nm, sigma_chi_deg, b0, b1]``.
     sort_buffer : float64 (>= n_q * n_chi,)
         Scratch for the medians and the excess.
-    row_scratch : float64 (>= 2, >= n_chi)
+    row_scratch : float64 (>= 3, >= n_chi)
         Scratch for the 3 x 3 sums.
 
     Returns
@@ -275,18 +297,9 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
     best = -np.inf
     for i in range(n_q):
         _three_row_sums(sort_buffer, variance, i, n_q, n_chi, row_scratch)
+        _smoothed_row(sort_buffer, i, n_chi, row_scratch)
         for j in range(n_chi):
-            total = row_scratch[0, j]
-            total_variance = row_scratch[1, j]
-            if j > 0:
-                total += row_scratch[0, j - 1]
-                total_variance += row_scratch[1, j - 1]
-            if j + 1 < n_chi:
-                total += row_scratch[0, j + 1]
-                total_variance += row_scratch[1, j + 1]
-            smoothed = total / math.sqrt(total_variance)
-            if math.isnan(sort_buffer[i * n_chi + j]):
-                smoothed = -np.inf  # a select: only valid bins can be the maximum
+            smoothed = row_scratch[2, j]
             if smoothed > best:
                 best = smoothed
                 i_max = i
@@ -362,7 +375,7 @@ def guess_peak(mean_counts, variance, q_centres_nm, chi_centres_deg) -> np.ndarr
         raise ValueError(f"guess_peak: mean_counts {y.shape}, variance {v.shape}, q {q.shape} "
                          f"and chi {chi.shape} do not form one (n_q >= 2, n_chi >= 2) window")
     out = np.empty(N_PARAMS)
-    guess_peak_kernel(y, v, q, chi, out, np.empty(y.size), np.empty((2, y.shape[1])))
+    guess_peak_kernel(y, v, q, chi, out, np.empty(y.size), np.empty((3, y.shape[1])))
     return out
 
 
