@@ -99,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="endpoint results are sent to (bind address)")
     serve.add_argument("--publish", default="tcp://127.0.0.1:5557", help="map snapshot PUB endpoint for viewers")
     serve.add_argument("--detail", default="tcp://127.0.0.1:5558",
-                       help="frame-detail endpoint for viewers (raw frame and fits of a scan point)")
+                       help="frame-detail endpoint for viewers (raw frame and fits of a scan point); 'none' "
+                            "to switch it off, and with it the frame store (no payloads written to disk)")
+    serve.add_argument("--frame-store-dir", type=Path, default=None,
+                       help="where the frame store keeps the compressed payloads of the current and the "
+                            "previous series for the frame-detail endpoint (default: the system temporary "
+                            "folder; a series takes about its payload bytes)")
     serve.add_argument("--steering", default="tcp://127.0.0.1:5559",
                        help="steering endpoint (REQ/REP JSON): where to scan next, from the current maps; "
                             "'none' to switch it off")
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Show the maps of a running service as they grow; click a "
                                "pixel for its frame and fits; draw a region for a finer scan.")
     view.add_argument("--maps", default="tcp://127.0.0.1:5557", help="the service's map PUB endpoint (serve --publish)")
-    view.add_argument("--detail", default="tcp://127.0.0.1:5558", help="the service's frame-detail endpoint (serve --detail)")
+    view.add_argument("--detail", default="tcp://127.0.0.1:5558", help="the service's frame-detail endpoint (serve --detail); 'none': no frame detail")
     view.add_argument("--steering", default="tcp://127.0.0.1:5559",
                       help="the service's steering endpoint (serve --steering): drawn regions are sent there")
 
@@ -405,18 +410,30 @@ def command_replay(args) -> int:
     return _run_through_service(args.master, setup, _grid_from(args), args, output_dir)
 
 
-def command_serve(args) -> int:
-    from stream.service import Service, ServiceConfig
+def _off_or(endpoint: str) -> str | None:
+    """None for an endpoint option given as 'none' (the feature switched off)."""
+    return None if endpoint.lower() == "none" else endpoint
 
-    setup = _setup_from(args)
-    output_dir = args.output or Path.cwd() / "braggmap-output"
-    config = ServiceConfig(
+
+def serve_config(args, setup):
+    """The :class:`stream.service.ServiceConfig` of ``braggmap serve`` from its parsed options."""
+    from stream.service import ServiceConfig
+
+    return ServiceConfig(
         setup=setup, detector_endpoint=args.detector, protocol=args.protocol, n_workers=args.workers,
         work_endpoint=args.work_endpoint, collector_endpoint=args.collector_endpoint,
         publish_endpoint=args.publish, overflow=args.overflow, series_timeout_s=args.series_timeout,
-        grid=_grid_from(args), detail_endpoint=args.detail,
-        steering_endpoint=None if args.steering.lower() == "none" else args.steering,
+        grid=_grid_from(args), detail_endpoint=_off_or(args.detail), steering_endpoint=_off_or(args.steering),
+        frame_store_dir=None if args.frame_store_dir is None else str(args.frame_store_dir),
     )
+
+
+def command_serve(args) -> int:
+    from stream.service import Service
+
+    setup = _setup_from(args)
+    output_dir = args.output or Path.cwd() / "braggmap-output"
+    config = serve_config(args, setup)
 
     def report(outcome) -> None:
         h5_path, png_path = _write_outcome(outcome, setup, output_dir)
@@ -451,8 +468,8 @@ def command_worker(args) -> int:
 def command_view(args) -> int:
     """The viewer runs as its own process (Qt stays out of the service's packages)."""
     try:
-        steering = None if args.steering.lower() == "none" else args.steering
-        return subprocess.call(_viewer_command(args.maps, args.detail, steering))
+        steering = _off_or(args.steering)
+        return subprocess.call(_viewer_command(args.maps, _off_or(args.detail), steering))
     except KeyboardInterrupt:
         return 130
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from analysis.errors import ConfigurationError
 from stream import wire
 from stream.messages import ImageFrame
 
@@ -71,7 +72,8 @@ class FrameStore:
     Parameters
     ----------
     directory : str, optional
-        Where the temporary files go (default: the system temporary folder).
+        Where the temporary files go (default: the system temporary folder); it must be a
+        writable directory (else ``ConfigurationError``).
     keep_series : int
         Series kept (2: the current and the previous one); older ones are deleted.
     header_source : callable, optional
@@ -88,6 +90,8 @@ class FrameStore:
                  max_series_bytes: int = DEFAULT_MAX_SERIES_BYTES) -> None:
         if keep_series < 1:
             raise ValueError(f"keep_series={keep_series} must be at least 1")
+        if directory is not None and not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
+            raise ConfigurationError(f"frame store directory {directory!r} is not a writable directory")
         self.directory = directory
         self.keep_series = keep_series
         self.header_source = header_source

@@ -61,6 +61,7 @@ class ServiceConfig:
     documents_endpoint: str | None = None  # a beamline's stream.document_log.DocumentLog: maps on run grids
     documents_settle_s: float = 5.0  # a finished series waits this long for its run's documents
     steering_endpoint: str | None = None  # stream.steering_server: where to scan next (REQ/REP JSON)
+    frame_store_dir: str | None = None  # where the frame-detail store's files go (default: the temp folder)
 
 
 @dataclass
@@ -102,14 +103,15 @@ class Service:
     def start(self) -> "Service":
         config = self.config
         parameters = config.setup.parameter_names()
+        if config.detail_endpoint is not None:  # first: a bad directory fails before any socket is bound
+            self.frame_store = FrameStore(directory=config.frame_store_dir,
+                                          header_source=lambda: self.ingest.series_parts if self.ingest else None)
         self.collector = Collector(
             config.collector_endpoint, parameters, self._complete, grid_for=self._grid_for,
             publish_endpoint=config.publish_endpoint, results_timeout_s=config.results_timeout_s,
             average_analysis=AverageAnalysis(config.setup).prepare_in_background(),
             placement=DocumentPlacement(parameters, config.documents_settle_s) if config.documents_endpoint else None,
         )
-        if config.detail_endpoint is not None:
-            self.frame_store = FrameStore(header_source=lambda: self.ingest.series_parts if self.ingest else None)
         self.ingest = Ingest(
             config.detector_endpoint, config.work_endpoint, self.collector.endpoint,
             protocol=config.protocol, overflow=config.overflow, max_queue=config.max_queue,

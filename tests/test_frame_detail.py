@@ -54,6 +54,55 @@ def test_store_keeps_payloads_on_disk_and_returns_them(tmp_path):
     assert store.get(1, 2)[1] == b"replaced" and store.frame_indices(1) == [0, 1, 2, 3, 4]
 
 
+def test_store_directory_must_be_a_writable_directory(tmp_path):
+    from analysis.errors import ConfigurationError
+
+    a_file = tmp_path / "a_file"
+    a_file.write_bytes(b"")
+    for directory in (tmp_path / "missing", a_file):
+        with pytest.raises(ConfigurationError, match="is not a writable directory"):
+            FrameStore(directory=str(directory))
+
+
+def test_service_with_a_bad_frame_store_directory_fails_at_start_and_binds_nothing(tmp_path):
+    from analysis.errors import ConfigurationError
+    from stream.service import Service, ServiceConfig
+
+    collector_port = _free_port()
+    config = ServiceConfig(setup=AnalysisSetup.default(), collector_endpoint=f"tcp://127.0.0.1:{collector_port}",
+                           frame_store_dir=str(tmp_path / "missing"))
+    service = Service(config)
+    with pytest.raises(ConfigurationError, match="missing"):
+        service.start()
+    assert service.collector is None and service.ingest is None
+    probe = zmq.Context.instance().socket(zmq.PULL)
+    try:
+        probe.bind(f"tcp://127.0.0.1:{collector_port}")  # still free: the collector was never created
+    finally:
+        probe.close(linger=0)
+
+
+def test_serve_options_switch_the_frame_detail_off_or_place_its_store(tmp_path):
+    from stream import cli
+
+    setup = AnalysisSetup.default()
+    defaults = cli.serve_config(cli.build_parser().parse_args(["serve"]), setup)
+    assert defaults.detail_endpoint == "tcp://127.0.0.1:5558" and defaults.frame_store_dir is None
+    off = cli.serve_config(cli.build_parser().parse_args(["serve", "--detail", "none", "--steering", "None"]), setup)
+    assert off.detail_endpoint is None and off.steering_endpoint is None
+    placed = cli.serve_config(cli.build_parser().parse_args(["serve", "--frame-store-dir", str(tmp_path)]), setup)
+    assert placed.frame_store_dir == str(tmp_path) and placed.detail_endpoint == "tcp://127.0.0.1:5558"
+
+
+def _free_port() -> int:
+    socket = zmq.Context.instance().socket(zmq.PULL)
+    try:
+        port = socket.bind_to_random_port("tcp://127.0.0.1")
+    finally:
+        socket.close(linger=0)
+    return port
+
+
 def test_store_keeps_two_series_and_recycles_the_oldest_file(tmp_path):
     """A third series overwrites the first one's file (its pages are cached: cheaper writes than
     a new file's); what the first series left beyond the third one's bytes is never read."""
