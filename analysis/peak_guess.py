@@ -213,8 +213,8 @@ def _smoothed_row(excess, i, n_chi, sums):
     """``sums[2, j]``: the 3 x 3 sum of the valid excess around bin (i, j) in units of its noise,
     ``-inf`` where that bin is invalid (NaN excess), from the row sums of
     :func:`_three_row_sums` in ``sums[0]`` and ``sums[1]`` (n_chi >= 2). The loops have no
-    branch, so LLVM vectorizes the square roots and divisions; each sum is added in the order
-    centre, left, right at every column, as the maximum search did before."""
+    branch, so LLVM vectorizes the square roots and divisions; every column adds centre, left,
+    right in that order."""
     row = np.uint64(i) * np.uint64(n_chi)
     one = np.uint64(1)
     last = np.uint64(n_chi - 1)
