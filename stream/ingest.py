@@ -92,6 +92,7 @@ class Ingest(LoopThread):
         self._pending_end: str | None = None
         self.series_closed = 0
         self.frame_store = frame_store  # keeps compressed frames for the frame-detail endpoint
+        self._masks = wire.MaskEncoder()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -268,8 +269,8 @@ class Ingest(LoopThread):
         self.forwarded = 0
         self.series_workers = set()
         self._pending_end = None
-        self.series_parts = wire.encode_series(info, mask)
-        self.to_collector.send_multipart(self.series_parts)
+        self.series_parts = wire.encode_series(info, mask, self._masks)
+        self.to_collector.send_multipart(self.series_parts, copy=False)  # the mask is large: no copy
         for identity in list(self.credits):
             self._send_to_worker(identity, self.series_parts)
 

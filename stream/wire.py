@@ -138,12 +138,32 @@ def pixel_mask_digest(pixel_mask: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(pixel_mask, dtype="<u4")).hexdigest()
 
 
-def encode_series(info: SeriesInfo, pixel_mask: np.ndarray | None) -> list[bytes]:
-    if pixel_mask is None:
-        mask, digest = b"", None
-    else:
+class MaskEncoder:
+    """The wire bytes and digest of pixel masks, remembering the last one: the series of a
+    beamtime mostly share their mask, and copying and hashing a 4M mask (18 MB) costs the
+    ingest ~20 ms per series, where comparing it with the last one costs ~9 ms."""
+
+    def __init__(self) -> None:
+        self._last: np.ndarray | None = None  # a read-only view of ``_bytes``
+        self._bytes = b""
+        self._digest: str | None = None
+
+    def encode(self, pixel_mask: np.ndarray | None) -> tuple[bytes, str | None]:
+        """(little-endian uint32 bytes, :func:`pixel_mask_digest`) of ``pixel_mask``; (b"", None) for None."""
+        if pixel_mask is None:
+            return b"", None
         contiguous = np.ascontiguousarray(pixel_mask, dtype="<u4")
-        mask, digest = contiguous.tobytes(), pixel_mask_digest(contiguous)
+        last = self._last
+        if last is None or last.shape != contiguous.shape or not np.array_equal(last, contiguous):
+            self._bytes = contiguous.tobytes()
+            self._digest = pixel_mask_digest(contiguous)
+            self._last = np.frombuffer(self._bytes, dtype="<u4").reshape(contiguous.shape)
+        return self._bytes, self._digest
+
+
+def encode_series(info: SeriesInfo, pixel_mask: np.ndarray | None, masks: MaskEncoder | None = None) -> list[bytes]:
+    """The series message; ``masks`` (optional) reuses the encoding of a mask equal to its last one."""
+    mask, digest = (masks or MaskEncoder()).encode(pixel_mask)
     return [SERIES, dumps(dict(info.as_dict(), pixel_mask_digest=digest)), mask]
 
 

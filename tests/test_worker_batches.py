@@ -129,6 +129,27 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     assert len(fused_payloads) == 6  # frames 0-4 and 6 (5 has the wrong shape for it)
 
 
+def test_mask_encoder_reuses_the_bytes_of_a_mask_equal_to_its_last_one():
+    masks = wire.MaskEncoder()
+    mask = np.zeros(SHAPE, np.uint32)
+    mask[3, 4:9] = 1
+    first, digest = masks.encode(mask)
+    assert first == mask.astype("<u4").tobytes() and digest == wire.pixel_mask_digest(mask)
+    again, same_digest = masks.encode(mask.copy())  # an equal mask of the next series
+    assert again is first and same_digest == digest
+    changed = mask.copy()
+    changed[0, 0] = 1
+    other, other_digest = masks.encode(changed)
+    assert other == changed.astype("<u4").tobytes() and other_digest == wire.pixel_mask_digest(changed) != digest
+    assert masks.encode(changed.astype(np.int64))[0] is other  # compared as uint32 values
+    assert masks.encode(None) == (b"", None)
+    assert masks.encode(np.zeros((2, 3), np.uint32))[0] == bytes(24)  # another shape: encoded anew
+    info = wire.SeriesInfo(4, "v1", 2, SHAPE, "uint32", None, None, None, None, None)
+    decoded, decoded_mask = wire.decode_series(wire.encode_series(info, changed, masks))
+    assert decoded.pixel_mask_digest == other_digest
+    np.testing.assert_array_equal(decoded_mask, changed)
+
+
 def test_series_message_carries_the_mask_digest_and_a_view_of_the_mask(tmp_path):
     """The series message names its pixel mask by digest, so that a worker finds the analyzer
     of a mask seen before without hashing it, and hands the mask over without a copy."""
