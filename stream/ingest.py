@@ -93,6 +93,9 @@ class Ingest(LoopThread):
         self.series_closed = 0
         self.frame_store = frame_store  # keeps compressed frames for the frame-detail endpoint
         self._masks = wire.MaskEncoder()
+        self._worker_masks: dict[bytes, str | None] = {}  # worker -> digest of the mask it holds
+        self._series_lean_parts: list[bytes] | None = None
+        self._series_digest: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -144,8 +147,9 @@ class Ingest(LoopThread):
                     credits = 1
                 new = identity not in self.credits
                 self.credits[identity] = self.credits.get(identity, 0) + credits
+                self._worker_masks.pop(identity, None)  # a (re)started worker holds no mask yet
                 if new and self.series_parts is not None:
-                    self._send_to_worker(identity, self.series_parts)
+                    self._send_series(identity)
                 log.info("worker %r ready (%d credits)", identity, credits)
             elif kind == wire.CREDIT:
                 self.credits[identity] = self.credits.get(identity, 0) + 1
@@ -162,6 +166,7 @@ class Ingest(LoopThread):
         except zmq.ZMQError as exc:  # worker vanished (ROUTER_MANDATORY)
             log.warning("worker %r unreachable (%s); forgetting it", identity, exc)
             self.credits.pop(identity, None)
+            self._worker_masks.pop(identity, None)
             return False
 
     def _dispatch(self, parts: list) -> bool:
@@ -270,9 +275,20 @@ class Ingest(LoopThread):
         self.series_workers = set()
         self._pending_end = None
         self.series_parts = wire.encode_series(info, mask, self._masks)
+        self._series_lean_parts = wire.series_with_mask_as_before(self.series_parts)
+        self._series_digest = wire.loads(self.series_parts[1]).get("pixel_mask_digest")
         self.to_collector.send_multipart(self.series_parts, copy=False)  # the mask is large: no copy
         for identity in list(self.credits):
-            self._send_to_worker(identity, self.series_parts)
+            self._send_series(identity)
+
+    def _send_series(self, identity: bytes) -> None:
+        """The current series message to a worker: without the mask when the worker got the
+        same mask (by digest) with its last series."""
+        digest = self._series_digest
+        if digest is not None and self._worker_masks.get(identity) == digest:
+            self._send_to_worker(identity, self._series_lean_parts)
+        elif self._send_to_worker(identity, self.series_parts):
+            self._worker_masks[identity] = digest
 
     def _maybe_send_pending_end(self) -> None:
         if self._pending_end is not None and not self.queue:

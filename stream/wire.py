@@ -167,13 +167,38 @@ def encode_series(info: SeriesInfo, pixel_mask: np.ndarray | None, masks: MaskEn
     return [SERIES, dumps(dict(info.as_dict(), pixel_mask_digest=digest)), mask]
 
 
-def decode_series(parts: list) -> tuple[SeriesInfo, np.ndarray | None]:
+def series_with_mask_as_before(parts: list[bytes]) -> list[bytes]:
+    """The series message ``parts`` (of :func:`encode_series`) without its mask, for a receiver
+    that holds the mask of that digest from the series before (:func:`decode_series`'s
+    ``last_mask``): a 4M mask is 18 MB on the wire per worker and series."""
+    meta = loads(parts[1])
+    if meta.get("pixel_mask_digest") is None:
+        return parts
+    return [parts[0], dumps(dict(meta, pixel_mask_as_before=True)), b""]
+
+
+def decode_series(parts: list, last_mask: tuple[str, np.ndarray] | None = None) -> tuple[SeriesInfo, np.ndarray | None]:
+    """(series info, pixel mask or None) of a series message; ``last_mask`` = (digest, mask) the
+    receiver kept from its last series, for a message sent as :func:`series_with_mask_as_before`
+    (a ``ProtocolError`` when it holds another mask or none)."""
     if len(parts) != 3:
         raise ProtocolError(f"series message has {len(parts)} parts, expected 3")
-    info = SeriesInfo.from_dict(loads(parts[1]))
+    meta = loads(parts[1])
+    as_before = meta.pop("pixel_mask_as_before", False) if isinstance(meta, dict) else False
+    info = SeriesInfo.from_dict(meta)
     mask_bytes = memoryview(parts[2])  # no copy: the mask is a read-only view of the message
     mask = None
-    if mask_bytes.nbytes:
+    if as_before:
+        if mask_bytes.nbytes or info.pixel_mask_digest is None:
+            raise ProtocolError(f"series {info.series_id}: a mask 'as before' needs a digest and no mask bytes")
+        if last_mask is None or last_mask[0] != info.pixel_mask_digest:
+            raise ProtocolError(f"series {info.series_id}: its pixel mask (digest {info.pixel_mask_digest}) is "
+                                f"not the one this receiver holds from its last series")
+        mask = last_mask[1]
+        if info.image_shape is None or mask.shape != tuple(info.image_shape):
+            raise ProtocolError(f"series {info.series_id}: the mask held, {mask.shape}, does not fit shape "
+                                f"{info.image_shape}")
+    elif mask_bytes.nbytes:
         if info.image_shape is None or mask_bytes.nbytes != 4 * info.image_shape[0] * info.image_shape[1]:
             raise ProtocolError(f"series {info.series_id}: pixel mask of {mask_bytes.nbytes} bytes "
                                 f"does not fit shape {info.image_shape}")

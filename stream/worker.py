@@ -64,6 +64,7 @@ class Worker:
         self.saturation_value: float | None = None
         self.frames_done = 0
         self._fused: dict = {}  # (polar table, dtype) -> FusedRegroup
+        self._last_mask: tuple[str, np.ndarray] | None = None  # (digest, mask) of the last series
 
     def run(self) -> None:
         self.analyzer = self.analyzers.default()
@@ -126,7 +127,9 @@ class Worker:
 
     def _on_series(self, parts, results) -> None:
         try:
-            info, mask = wire.decode_series([p.buffer for p in parts])
+            info, mask = wire.decode_series([p.buffer for p in parts], self._last_mask)
+            if mask is not None and info.pixel_mask_digest is not None:
+                self._last_mask = (info.pixel_mask_digest, mask)  # a view: keeps its message alive
             self.analyzer = self.analyzers.for_series(info, mask)
             self.analyzer.average.reset()
             self._warm_up_fused()

@@ -368,3 +368,61 @@ def test_block_mode_close_counts_queued_frames_dropped_once_workers_stall(idle_i
     summary = summary_of(collector)
     assert summary["dropped"] == 3 and summary["received"] == 1 and summary["forwarded"] == 1, summary
     assert summary["lost"] == 3 and summary["ended_by"] == "timeout"
+
+
+def _masked_start(series_id: int, mask: np.ndarray) -> SeriesStart:
+    return dataclasses.replace(start_message(series_id, n_images=1), header_detail="all", pixel_mask=mask,
+                               flatfield=np.ones(SHAPE, np.float32), countrate_table=np.zeros((2, 3), np.float32))
+
+
+def test_a_worker_gets_a_mask_it_holds_by_digest_only(harness_factory):
+    """A worker that got a mask with its last series gets the next series with the same mask as
+    its digest only (a 4M mask is 18 MB per worker); a changed mask, or a worker that announced
+    itself again, gets the whole mask; the collector always does."""
+    harness = harness_factory()
+    worker = harness.add_worker(credits=10)
+    mask = np.zeros(SHAPE, np.uint32)
+    mask[2, 1:4] = 1
+    changed = mask.copy()
+    changed[0, 0] = 4
+    received = []
+    for series_id, series_mask in ((1, mask), (2, mask.copy()), (3, changed), (4, changed)):
+        harness.send(encode_v1_start(_masked_start(series_id, series_mask)))
+        harness.send(encode_v1_image(image_message(0, series_id)))
+        harness.send(encode_v1_end(SeriesEnd(series_id=series_id)))
+        parts = receive(worker)
+        assert parts[0] == wire.SERIES
+        received.append(parts)
+        assert harness.collect(wire.SERIES)[2] == series_mask.tobytes()  # the collector: always whole
+        while receive(worker)[0] != wire.SERIES_END:
+            pass
+    last = None
+    for parts, expected, whole in zip(received, (mask, mask, changed, changed), (True, False, True, False)):
+        assert (parts[2] != b"") == whole
+        info, decoded = wire.decode_series(parts, last)
+        np.testing.assert_array_equal(decoded, expected)
+        assert info.pixel_mask_digest == wire.pixel_mask_digest(expected)
+        last = (info.pixel_mask_digest, decoded)
+    worker.send_multipart([wire.READY, wire.dumps({"credits": 1})])  # as after a restart
+    time.sleep(0.2)
+    harness.send(encode_v1_start(_masked_start(5, changed)))
+    parts = receive(worker)
+    assert parts[0] == wire.SERIES and parts[2] == changed.tobytes()
+
+
+def test_a_mask_as_before_that_the_receiver_lacks_is_a_protocol_error():
+    info = wire.SeriesInfo(4, "v1", 2, SHAPE, "uint32", None, None, None, None, None)
+    mask = np.zeros(SHAPE, np.uint32)
+    lean = wire.series_with_mask_as_before(wire.encode_series(info, mask))
+    assert lean[2] == b"" and wire.loads(lean[1])["pixel_mask_as_before"] is True
+    digest = wire.pixel_mask_digest(mask)
+    assert wire.decode_series(lean, (digest, mask))[1] is mask
+    for held in (None, ("another digest", mask)):
+        with pytest.raises(wire.ProtocolError, match="not the one this receiver holds"):
+            wire.decode_series(lean, held)
+    with pytest.raises(wire.ProtocolError, match="does not fit shape"):
+        wire.decode_series(lean, (digest, np.zeros((2, 2), np.uint32)))
+    with pytest.raises(wire.ProtocolError, match="needs a digest and no mask bytes"):
+        wire.decode_series([lean[0], lean[1], b"\0" * 4], (digest, mask))
+    no_mask = wire.encode_series(info, None)
+    assert wire.series_with_mask_as_before(no_mask) is no_mask
