@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="endpoint workers connect to (bind address; use tcp://0.0.0.0:PORT for remote workers)")
     serve.add_argument("--collector-endpoint", default="tcp://127.0.0.1:0",
                        help="endpoint results are sent to (bind address)")
-    serve.add_argument("--publish", default="tcp://127.0.0.1:5557", help="map snapshot PUB endpoint for viewers")
+    serve.add_argument("--publish", default="tcp://127.0.0.1:5557",
+                       help="map snapshot PUB endpoint for viewers; 'none' to publish no maps (files only)")
     serve.add_argument("--detail", default="tcp://127.0.0.1:5558",
                        help="frame-detail endpoint for viewers (raw frame and fits of a scan point); 'none' "
                             "to switch it off, and with it the frame store (no payloads written to disk)")
@@ -422,7 +423,7 @@ def serve_config(args, setup):
     return ServiceConfig(
         setup=setup, detector_endpoint=args.detector, protocol=args.protocol, n_workers=args.workers,
         work_endpoint=args.work_endpoint, collector_endpoint=args.collector_endpoint,
-        publish_endpoint=args.publish, overflow=args.overflow, series_timeout_s=args.series_timeout,
+        publish_endpoint=_off_or(args.publish), overflow=args.overflow, series_timeout_s=args.series_timeout,
         grid=_grid_from(args), detail_endpoint=_off_or(args.detail), steering_endpoint=_off_or(args.steering),
         frame_store_dir=None if args.frame_store_dir is None else str(args.frame_store_dir),
     )

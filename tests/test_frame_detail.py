@@ -88,8 +88,9 @@ def test_serve_options_switch_the_frame_detail_off_or_place_its_store(tmp_path):
     setup = AnalysisSetup.default()
     defaults = cli.serve_config(cli.build_parser().parse_args(["serve"]), setup)
     assert defaults.detail_endpoint == "tcp://127.0.0.1:5558" and defaults.frame_store_dir is None
-    off = cli.serve_config(cli.build_parser().parse_args(["serve", "--detail", "none", "--steering", "None"]), setup)
-    assert off.detail_endpoint is None and off.steering_endpoint is None
+    off = cli.serve_config(cli.build_parser().parse_args(["serve", "--detail", "none", "--steering", "None",
+                                                          "--publish", "NONE"]), setup)
+    assert off.detail_endpoint is None and off.steering_endpoint is None and off.publish_endpoint is None
     placed = cli.serve_config(cli.build_parser().parse_args(["serve", "--frame-store-dir", str(tmp_path)]), setup)
     assert placed.frame_store_dir == str(tmp_path) and placed.detail_endpoint == "tcp://127.0.0.1:5558"
 
