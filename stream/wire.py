@@ -184,8 +184,13 @@ def decode_series(parts: list, last_mask: tuple[str, np.ndarray] | None = None) 
     if len(parts) != 3:
         raise ProtocolError(f"series message has {len(parts)} parts, expected 3")
     meta = loads(parts[1])
-    as_before = meta.pop("pixel_mask_as_before", False) if isinstance(meta, dict) else False
-    info = SeriesInfo.from_dict(meta)
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"series message meta is {type(meta).__name__}, not an object")
+    as_before = meta.pop("pixel_mask_as_before", False)
+    try:
+        info = SeriesInfo.from_dict(meta)
+    except (TypeError, ValueError) as exc:  # missing, unknown or mistyped fields
+        raise ProtocolError(f"series message meta does not describe a series: {exc}") from exc
     mask_bytes = memoryview(parts[2])  # no copy: the mask is a read-only view of the message
     mask = None
     if as_before:

@@ -426,3 +426,12 @@ def test_a_mask_as_before_that_the_receiver_lacks_is_a_protocol_error():
         wire.decode_series([lean[0], lean[1], b"\0" * 4], (digest, mask))
     no_mask = wire.encode_series(info, None)
     assert wire.series_with_mask_as_before(no_mask) is no_mask
+
+
+def test_a_series_message_with_malformed_meta_is_a_protocol_error():
+    info = wire.SeriesInfo(4, "v1", 2, SHAPE, "uint32", None, None, None, None, None)
+    parts = wire.encode_series(info, None)
+    for meta, reason in ((b"[1, 2]", "not an object"), (wire.dumps({"series_id": 4}), "does not describe a series"),
+                         (wire.dumps(dict(wire.loads(parts[1]), extra=1)), "does not describe a series")):
+        with pytest.raises(wire.ProtocolError, match=reason):
+            wire.decode_series([parts[0], meta, b""])
