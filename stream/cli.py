@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--credits", type=int, help="frames in flight to this worker (default: the batch size)")
     worker.add_argument("--max-batch", type=int,
                         help="frames analysed together at most when they queue up (default 8; 1: one by one)")
+    worker.add_argument("--read-frame-store", action="store_true",
+                        help="read payloads from the serving host's frame store instead of receiving them "
+                             "(only for a worker on that host; it falls back to receiving them if it cannot)")
     return parser
 
 
@@ -462,7 +465,7 @@ def command_worker(args) -> int:
     if credits < 1 or max_batch < 1:
         raise SystemExit("braggmap worker: --credits and --max-batch must be >= 1")
     run_worker_process(WorkerConfig(args.work_endpoint, args.collector_endpoint, setup, credits=credits,
-                                    max_batch=max_batch))
+                                    max_batch=max_batch, read_frame_store=args.read_frame_store))
     return 0
 
 

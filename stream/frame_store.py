@@ -1,5 +1,6 @@
-"""The frames of the current and the previous series, still compressed, for the frame-detail
-endpoint (a viewer asks "show me the frame of this map pixel").
+"""The frames of the current and the previous series, still compressed: for the frame-detail
+endpoint (a viewer asks "show me the frame of this map pixel") and for the workers on the
+ingest's host, which read a frame's payload here instead of receiving it over loopback.
 
 Each series' payloads are appended to one temporary file; only an index of offsets stays in
 memory, so a 61 x 61 scan of 1 MB frames does not live in RAM. A new series overwrites the file of
@@ -7,12 +8,20 @@ the oldest one it replaces (bytes past the new series' end are stale and never r
 as large as the largest series it held). The ingest thread adds frames,
 the detail server thread reads them: every method takes one lock and file access uses
 ``os.pwrite``/``os.pread`` (no shared file position).
+
+File layout: a 4096-byte file header (:data:`FILE_MAGIC`, then the file's *generation*, uint64
+little-endian), then the payloads back to back. The generation changes, before any payload is
+overwritten, each time the file is taken over by a new series; a reader in another process
+(:class:`StoredPayloadReader`) reads it before and after a payload, so a payload overwritten
+while it was being read is an error, never another frame's bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import struct
 import tempfile
 import threading
 from collections import OrderedDict
@@ -21,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from analysis.errors import ConfigurationError
+from analysis.errors import ConfigurationError, ProtocolError
 from stream import wire
 from stream.messages import ImageFrame
 
@@ -29,6 +38,46 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SERIES_BYTES = 64 * 2**30
 """Stop storing a series beyond this many payload bytes (protects the disk)."""
+
+FILE_MAGIC = b"BRAGGMAP-FRAMES1"
+_FILE_HEADER = struct.Struct("<16sQ")  # magic, generation
+DATA_START = 4096
+"""Offset of the first payload in a store file (after the file header; page-aligned)."""
+
+
+@dataclass(frozen=True)
+class StoredLocation:
+    """Where one frame's payload lies in a store file.
+
+    Attributes
+    ----------
+    path : str
+        The store file (on the ingest's host).
+    generation : int
+        The file's generation when the payload was written.
+    offset, n_bytes : int
+        Byte range of the payload in the file.
+    """
+
+    path: str
+    generation: int
+    offset: int
+    n_bytes: int
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "generation": self.generation, "offset": self.offset, "n_bytes": self.n_bytes}
+
+    @classmethod
+    def from_dict(cls, data) -> "StoredLocation":
+        """Parse a location from an internal message; ``ProtocolError`` when it is not one."""
+        try:
+            path, generation, offset, n_bytes = data["path"], data["generation"], data["offset"], data["n_bytes"]
+        except (TypeError, KeyError) as exc:
+            raise ProtocolError(f"stored frame location {data!r} lacks {exc}") from exc
+        if not isinstance(path, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                for v in (generation, offset, n_bytes)):
+            raise ProtocolError(f"stored frame location {data!r} is not a path and three counts")
+        return cls(path, generation, offset, n_bytes)
 
 
 @dataclass(frozen=True)
@@ -60,6 +109,7 @@ class StoredFrameMeta:
 class _SeriesFile:
     path: str
     fd: int
+    generation: int
     size: int = 0
     index: dict[int, tuple[int, StoredFrameMeta]] = field(default_factory=dict)
     header: tuple[wire.SeriesInfo, np.ndarray | None] | None = None
@@ -100,23 +150,31 @@ class FrameStore:
         self._lock = threading.Lock()
         self._closed = False
         self._unstorable: set[int] = set()
+        self._generations = secrets.randbits(62)  # unique across stores: a path may be reused
 
     # -- writing (ingest thread) --------------------------------------------------------------
-    def add(self, frame: ImageFrame) -> None:
-        """Append one frame's compressed payload (a repeated frame index replaces the old one)."""
+    def add(self, frame: ImageFrame) -> StoredLocation | None:
+        """Append one frame's compressed payload (a repeated frame index replaces the old one).
+
+        Returns
+        -------
+        StoredLocation or None
+            Where the payload now lies; None when it was not stored (store closed or full, or
+            the file could not be written: logged).
+        """
         with self._lock:
             if self._closed:
-                return
+                return None
             series = self._series.get(frame.series_id)
             if series is None:
                 if frame.series_id in self._unstorable:
-                    return
+                    return None
                 try:
                     series = self._open(frame.series_id)
                 except OSError as exc:
                     log.error("frame store: cannot keep the frames of series %d: %s", frame.series_id, exc)
                     self._unstorable.add(frame.series_id)
-                    return
+                    return None
             payload = frame.payload
             n_bytes = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
             if series.size + n_bytes > self.max_series_bytes:
@@ -124,21 +182,23 @@ class FrameStore:
                     log.warning("frame store: series %d exceeds %d bytes; later frames are not kept",
                                 frame.series_id, self.max_series_bytes)
                     series.full = True
-                return
+                return None
             written = 0
             view = memoryview(payload).cast("B")
             try:
                 while written < n_bytes:
-                    written += os.pwrite(series.fd, view[written:], series.size + written)
+                    written += os.pwrite(series.fd, view[written:], DATA_START + series.size + written)
             except OSError as exc:  # disk full...: the ingest must go on without the store
                 log.error("frame store: cannot write series %d frame %d (%s); later frames are not kept",
                           frame.series_id, frame.frame_index, exc)
                 series.full = True
-                return
+                return None
             meta = StoredFrameMeta(frame.series_id, frame.frame_index, tuple(frame.shape), frame.dtype,
                                    frame.compression, n_bytes)
-            series.index[frame.frame_index] = (series.size, meta)
+            offset = DATA_START + series.size
+            series.index[frame.frame_index] = (offset, meta)
             series.size += n_bytes
+            return StoredLocation(series.path, series.generation, offset, n_bytes)
 
     def _open(self, series_id: int) -> _SeriesFile:
         recycled = None
@@ -153,7 +213,13 @@ class FrameStore:
             path, fd = recycled.path, recycled.fd
         else:
             fd, path = tempfile.mkstemp(prefix="braggmap-frames-", suffix=".bin", dir=self.directory)
-        series = _SeriesFile(path=path, fd=fd, header=self._header_for(series_id))
+        self._generations += 1
+        try:  # before any payload of the new series: readers of the old one see it changed
+            os.pwrite(fd, _FILE_HEADER.pack(FILE_MAGIC, self._generations), 0)
+        except OSError:
+            self._delete(_SeriesFile(path, fd, 0))
+            raise
+        series = _SeriesFile(path=path, fd=fd, generation=self._generations, header=self._header_for(series_id))
         self._series[series_id] = series
         return series
 
@@ -232,3 +298,113 @@ class FrameStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _read_into(fd: int, view: memoryview, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)  # platforms without preadv: one copy more
+    view[:len(data)] = data
+    return len(data)
+
+
+class FrameStoreUnreadable(ProtocolError):
+    """A store file cannot be opened here (another host, another file system, no permission)."""
+
+
+class StoredPayloadGone(ProtocolError):
+    """The payload is no longer where its location says: the file moved on to a newer series."""
+
+
+class StoredPayloadReader:
+    """Reads payloads out of a :class:`FrameStore`'s files from another process on its host.
+
+    Parameters
+    ----------
+    max_open_files : int
+        Store files kept open at once (the store uses ``keep_series`` files, 2 by default).
+
+    Notes
+    -----
+    :meth:`read` returns a view of one buffer that the next call overwrites. The file's
+    generation is read before and after the payload (the store writes a new generation before
+    it overwrites any payload, so an unchanged generation after the read means the bytes read
+    are the payload's).
+    """
+
+    def __init__(self, max_open_files: int = 4) -> None:
+        self.max_open_files = max_open_files
+        self._files: OrderedDict[str, int] = OrderedDict()
+        self._buffer = np.empty(0, np.uint8)
+
+    def read(self, location: StoredLocation) -> memoryview:
+        """The payload at ``location``.
+
+        Returns
+        -------
+        memoryview
+            ``location.n_bytes`` bytes, valid until the next call.
+
+        Raises
+        ------
+        FrameStoreUnreadable
+            When the file cannot be opened.
+        StoredPayloadGone
+            When the file holds another generation, or is too short.
+        """
+        try:
+            for reopen in (False, True):  # a cached descriptor may be of a deleted file whose path was reused
+                fd = self._open(location.path, reopen)
+                if self._generation(fd, location.path) != location.generation:
+                    continue
+                view = self._read_range(fd, location)
+                if self._generation(fd, location.path) != location.generation:
+                    break
+                return view
+        except OSError as exc:
+            raise StoredPayloadGone(f"cannot read the payload at {location.offset} in {location.path!r}: {exc}") from exc
+        raise StoredPayloadGone(f"the payload at {location.offset} in {location.path} was overwritten by a newer "
+                                f"series before this worker read it (generation {location.generation})")
+
+    def _open(self, path: str, reopen: bool) -> int:
+        fd = self._files.pop(path, None)
+        if fd is not None and reopen:
+            os.close(fd)
+            fd = None
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise FrameStoreUnreadable(f"cannot open the frame store file {path!r}: {exc}") from exc
+            while len(self._files) >= self.max_open_files:
+                os.close(self._files.popitem(last=False)[1])
+        self._files[path] = fd
+        return fd
+
+    @staticmethod
+    def _generation(fd: int, path: str) -> int | None:
+        header = os.pread(fd, _FILE_HEADER.size, 0)
+        if len(header) != _FILE_HEADER.size:
+            return None
+        magic, generation = _FILE_HEADER.unpack(header)
+        if magic != FILE_MAGIC:
+            raise StoredPayloadGone(f"{path!r} is not a frame store file")
+        return generation
+
+    def _read_range(self, fd: int, location: StoredLocation) -> memoryview:
+        n_bytes = location.n_bytes
+        if self._buffer.size < n_bytes:
+            self._buffer = np.empty(max(n_bytes, 2 * self._buffer.size), np.uint8)
+        view = memoryview(self._buffer)[:n_bytes]
+        done = 0
+        while done < n_bytes:
+            n = _read_into(fd, view[done:], location.offset + done)
+            if n <= 0:
+                raise StoredPayloadGone(f"{location.path!r} ends before the payload at {location.offset} "
+                                        f"({n_bytes} bytes)")
+            done += n
+        return view
+
+    def close(self) -> None:
+        while self._files:
+            os.close(self._files.popitem(last=False)[1])

@@ -1,6 +1,10 @@
 """The ingest: one per detector stream. Owns the series header and the frame accounting, and
 fans compressed frames out to the analysis workers.
 
+A worker on the ingest's host that reads the frame store (it says so when it announces itself)
+gets a stored frame's location instead of its payload: one trip of the payload over loopback
+less for both processes.
+
 Topology (see README): detector PUSH -> ingest PULL; ingest ROUTER <- worker DEALERs (load
 balancing by credits: a worker asks for frames, so a slow worker is never flooded and a new
 worker gets the current series header first); ingest and workers PUSH -> collector PULL.
@@ -18,12 +22,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 
 import zmq
 
 from stream.loop_thread import LoopThread
 from stream import wire
 from stream.accounting import SeriesAccounting
+from stream.frame_store import StoredLocation
 from stream.messages import ImageFrame, SeriesEnd, SeriesStart
 from stream.receiver import DetectorReceiver, Malformed, Received
 
@@ -49,7 +55,8 @@ class Ingest(LoopThread):
     series_timeout_s : float
         A series with no message for this long is closed with ``ended_by="timeout"``.
     frame_store : stream.frame_store.FrameStore, optional
-        Keeps every accepted frame's compressed payload (for the frame-detail endpoint).
+        Keeps every accepted frame's compressed payload (for the frame-detail endpoint, and
+        for workers that read payloads from it).
     drain_timeout_s : float
         When a series closes with frames still queued: in ``"block"`` mode they wait for the
         workers as long as a frame was handed out within this time; in ``"drop"`` mode they
@@ -82,7 +89,7 @@ class Ingest(LoopThread):
         self.series_timeout_s = series_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self.credits: dict[bytes, int] = {}
-        self.queue: deque[list] = deque()
+        self.queue: deque[_OutgoingFrame] = deque()
         self.accounting: SeriesAccounting | None = None
         self.series_parts: list[bytes] | None = None
         self.forwarded = 0
@@ -96,6 +103,7 @@ class Ingest(LoopThread):
         self._worker_masks: dict[bytes, str | None] = {}  # worker -> digest of the mask it holds
         self._series_lean_parts: list[bytes] | None = None
         self._series_digest: str | None = None
+        self._store_readers: set[bytes] = set()  # workers that read payloads from the frame store
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -142,12 +150,18 @@ class Ingest(LoopThread):
             identity, kind = parts[0], parts[1] if len(parts) > 1 else b""
             if kind == wire.READY:
                 try:
-                    credits = int(wire.loads(parts[2]).get("credits", 1))
+                    announced = wire.loads(parts[2])
+                    credits = int(announced.get("credits", 1))
+                    reads_store = announced.get("reads_frame_store") is True
                 except Exception:
-                    credits = 1
+                    credits, reads_store = 1, False
                 new = identity not in self.credits
                 self.credits[identity] = self.credits.get(identity, 0) + credits
                 self._worker_masks.pop(identity, None)  # a (re)started worker holds no mask yet
+                if reads_store:
+                    self._store_readers.add(identity)
+                else:  # also a worker that found it cannot read the store after all
+                    self._store_readers.discard(identity)
                 if new and self.series_parts is not None:
                     self._send_series(identity)
                 log.info("worker %r ready (%d credits)", identity, credits)
@@ -167,15 +181,16 @@ class Ingest(LoopThread):
             log.warning("worker %r unreachable (%s); forgetting it", identity, exc)
             self.credits.pop(identity, None)
             self._worker_masks.pop(identity, None)
+            self._store_readers.discard(identity)
             return False
 
-    def _dispatch(self, parts: list) -> bool:
+    def _dispatch(self, frame: "_OutgoingFrame") -> bool:
         """Send one frame to the worker with most credits; False when none has any."""
         while self.credits:
             identity = max(self.credits, key=self.credits.__getitem__)
             if self.credits[identity] <= 0:
                 return False
-            if self._send_to_worker(identity, parts):
+            if self._send_to_worker(identity, frame.parts(identity in self._store_readers)):
                 self.credits[identity] -= 1
                 self.forwarded += 1
                 self.series_workers.add(identity)
@@ -208,9 +223,9 @@ class Ingest(LoopThread):
 
     def _drop_queued(self) -> None:
         """Count every frame still queued as dropped and forget it."""
-        for parts in self.queue:
+        for frame in self.queue:
             if self.accounting is not None:
-                self.accounting.record_dropped(wire.loads(parts[1])["frame_index"])
+                self.accounting.record_dropped(frame.frame.frame_index)
         self.queue.clear()
 
     # -- detector --------------------------------------------------------------------------
@@ -241,14 +256,13 @@ class Ingest(LoopThread):
                 self._open_series(wire.SeriesInfo.headerless(message), None)
             if not self.accounting.record_frame(message.frame_index):
                 return
-            if self.frame_store is not None:
-                self.frame_store.add(message)
-            parts = wire.encode_frame(message, item.received_ns)
-            if not self._dispatch(parts):
+            stored = self.frame_store.add(message) if self.frame_store is not None else None
+            frame = _OutgoingFrame(message, item.received_ns, stored)
+            if not self._dispatch(frame):
                 if self.overflow == "drop" and len(self.queue) >= self.max_queue:
                     self.accounting.record_dropped(message.frame_index)
                 else:
-                    self.queue.append(parts)
+                    self.queue.append(frame)
         elif isinstance(message, SeriesEnd):
             if self.accounting is None or message.series_id != self.accounting.series_id:
                 self.orphans[f"series end for unknown series {message.series_id}"] += 1
@@ -329,6 +343,21 @@ class Ingest(LoopThread):
                             self.accounting.series_id, self.series_timeout_s)
                 self._pending_end = "timeout"
                 self._maybe_send_pending_end()
+
+
+@dataclass(frozen=True)
+class _OutgoingFrame:
+    """A frame on its way to a worker: the message, and where the frame store keeps its payload."""
+
+    frame: ImageFrame
+    received_ns: int
+    stored: StoredLocation | None
+
+    def parts(self, reads_store: bool) -> list:
+        """The frame message for a worker that reads the frame store, or not."""
+        if reads_store and self.stored is not None:
+            return wire.encode_stored_frame(self.frame, self.received_ns, self.stored.as_dict())
+        return wire.encode_frame(self.frame, self.received_ns)
 
 
 def _bindable(endpoint: str) -> str:

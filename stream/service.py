@@ -143,6 +143,7 @@ class Service:
                 credits=config.worker_credits,
                 max_batch=config.worker_max_batch,
                 name=f"worker-{index}",
+                read_frame_store=self.frame_store is not None,  # same host: read payloads from the store
             )
             process = context.Process(target=run_worker_process, args=(worker_config,),
                                       name=f"braggmap-worker-{index}", daemon=True)

@@ -7,7 +7,10 @@ pickle). Image payloads travel still compressed, exactly as the detector sent th
 kind               direction                   parts after the kind
 =================  ==========================  =============================================
 ``series``         ingest -> workers, collector JSON :class:`SeriesInfo`, pixel mask (uint32 or b"")
-``frame``          ingest -> worker            JSON frame metadata, compressed payload
+``frame``          ingest -> worker            JSON frame metadata, compressed payload (or b""
+                                               and the payload's frame-store location in the
+                                               metadata's ``"stored"``, for a worker on the
+                                               ingest's host that reads the store)
 ``ready``          worker -> ingest            JSON ``{"credits": n, "worker": name}``
 ``credit``         worker -> ingest            (none): one more frame may be sent
 ``result``         worker -> collector         JSON metadata, values float64, statuses int32
@@ -214,7 +217,19 @@ def decode_series(parts: list, last_mask: tuple[str, np.ndarray] | None = None) 
 
 
 def encode_frame(frame: ImageFrame, received_ns: int) -> list:
-    meta = {
+    return [FRAME, dumps(_frame_meta(frame, received_ns)), frame.payload]
+
+
+def encode_stored_frame(frame: ImageFrame, received_ns: int, location: dict) -> list:
+    """A frame message without its payload: ``location`` (a
+    :class:`stream.frame_store.StoredLocation` as a dict) says where the worker reads it."""
+    meta = _frame_meta(frame, received_ns)
+    meta["stored"] = location
+    return [FRAME, dumps(meta), b""]
+
+
+def _frame_meta(frame: ImageFrame, received_ns: int) -> dict:
+    return {
         "series_id": frame.series_id,
         "frame_index": frame.frame_index,
         "shape": list(frame.shape),
@@ -223,7 +238,6 @@ def encode_frame(frame: ImageFrame, received_ns: int) -> list:
         "elem_size": frame.elem_size,
         "received_ns": received_ns,
     }
-    return [FRAME, dumps(meta), frame.payload]
 
 
 def decode_frame(parts: list) -> tuple[dict, memoryview]:

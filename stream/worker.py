@@ -25,6 +25,7 @@ from stream import wire
 from stream.analysis_setup import AnalysisSetup
 from stream.bslz4_regroup import FUSED_DTYPES, FusedRegroup
 from stream.codecs import decompress
+from stream.frame_store import FrameStoreUnreadable, StoredLocation, StoredPayloadReader
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class WorkerConfig:
     credits: int = DEFAULT_CREDITS
     name: str = ""
     max_batch: int = DEFAULT_MAX_BATCH
+    read_frame_store: bool = False
+    """Read payloads from the ingest's frame store (only for a worker on the ingest's host)
+    instead of receiving them; the worker falls back to receiving them if it cannot open a file."""
 
 
 class Worker:
@@ -65,6 +69,8 @@ class Worker:
         self.frames_done = 0
         self._fused: dict = {}  # (polar table, dtype) -> FusedRegroup
         self._last_mask: tuple[str, np.ndarray] | None = None  # (digest, mask) of the last series
+        self._stored = StoredPayloadReader() if config.read_frame_store else None
+        self._store_unreadable = False  # set when a store file could not be opened: say so to the ingest
 
     def run(self) -> None:
         self.analyzer = self.analyzers.default()
@@ -77,7 +83,7 @@ class Worker:
         results = self._context.socket(zmq.PUSH)
         results.setsockopt(zmq.LINGER, 2000)
         results.connect(self.config.collector_endpoint)
-        dealer.send_multipart([wire.READY, wire.dumps({"credits": self.config.credits, "worker": self.name})])
+        dealer.send_multipart([wire.READY, self._announcement(self.config.credits)])
         log.info("worker %s ready", self.name)
         try:
             while not self._stop.is_set():
@@ -92,6 +98,11 @@ class Worker:
         finally:
             dealer.close(linger=0)
             results.close()
+            if self._stored is not None:
+                self._stored.close()
+
+    def _announcement(self, credits: int) -> bytes:
+        return wire.dumps({"credits": credits, "worker": self.name, "reads_frame_store": self._stored is not None})
 
     def _handle(self, messages, dealer, results) -> None:
         """Handle received messages in order; consecutive frames are analysed as one batch."""
@@ -118,6 +129,11 @@ class Worker:
         for result in self._on_frames(frames):
             results.send_multipart(result)
             dealer.send_multipart([wire.CREDIT])
+        if self._store_unreadable and self._stored is not None:
+            log.warning("worker %s: cannot read the frame store; receiving payloads from now on", self.name)
+            self._stored.close()
+            self._stored = None
+            dealer.send_multipart([wire.READY, self._announcement(0)])  # no more credits, no store
 
     def _warm_up_fused(self) -> None:
         """Make (and so warm up) the fused decode + regroup of the analyzer's table for both
@@ -176,6 +192,9 @@ class Worker:
                               statuses=np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32))
         try:
             record.meta, record.payload = wire.decode_frame(parts)
+            stored = record.meta.pop("stored", None)
+            if stored is not None:
+                record.stored = StoredLocation.from_dict(stored)
             if self.analyzer is None:
                 raise BraggmapError(self.series_problem or "no analyzer for this series")
         except Exception as exc:
@@ -190,12 +209,13 @@ class Worker:
         try:
             fused = self._fused_regroup(meta)
             try:
+                payload = record.payload if record.stored is None else self._read_stored(record.stored)
                 if fused is not None:
-                    fused.regroup(record.payload, saturation_value=analyzer.saturation_for(self.saturation_value),
+                    fused.regroup(payload, saturation_value=analyzer.saturation_for(self.saturation_value),
                                   background=analyzer.background, out=analyzer.batch.slots[slot])
                     return True
                 # no out=: bitshuffle cannot write into a caller's buffer, so out= costs a copy
-                frame = decompress(record.payload, meta["compression"], meta["dtype"], meta["shape"])
+                frame = decompress(payload, meta["compression"], meta["dtype"], meta["shape"])
             except ProtocolError:
                 record.statuses[:] = Status.UNDECODABLE
                 record.undecodable = True  # the collector counts it in the series' frame accounting
@@ -205,6 +225,15 @@ class Worker:
         except Exception as exc:
             record.fail(exc, self.name)
             return False
+
+    def _read_stored(self, location: StoredLocation) -> memoryview:
+        if self._stored is None:
+            raise ProtocolError("the frame's payload is in the frame store, which this worker does not read")
+        try:
+            return self._stored.read(location)
+        except FrameStoreUnreadable:
+            self._store_unreadable = True
+            raise
 
     def _fused_regroup(self, meta: dict) -> FusedRegroup | None:
         """The fused decode + regroup of this frame's kind, or None where it does not apply."""
@@ -272,6 +301,7 @@ class _FrameRecord:
     statuses: np.ndarray
     meta: dict = field(default_factory=dict)
     payload: memoryview | None = None
+    stored: StoredLocation | None = None  # where the payload is when it came without one
     error: str | None = None
     undecodable: bool = False
 

@@ -22,6 +22,7 @@ from stream import codecs, wire
 from stream.analysis_setup import AnalysisSetup
 from stream.frame_detail import (DetailError, DetailServer, FrameDetail, FrameDetailClient, decode_detail_reply,
                                  error_reply)
+from stream import frame_store
 from stream.frame_store import FrameStore
 from stream.messages import ImageFrame
 from stream.published_state import MapSnapshot
@@ -49,7 +50,8 @@ def test_store_keeps_payloads_on_disk_and_returns_them(tmp_path):
                                                                                             len(payload))
     assert store.get(1, 99) is None and store.get(2, 0) is None
     (path,) = store.paths()
-    assert Path(path).parent == tmp_path and os.path.getsize(path) == sum(map(len, payloads.values()))
+    assert Path(path).parent == tmp_path
+    assert os.path.getsize(path) == frame_store.DATA_START + sum(map(len, payloads.values()))
     store.add(_frame(1, 2, b"replaced"))
     assert store.get(1, 2)[1] == b"replaced" and store.frame_indices(1) == [0, 1, 2, 3, 4]
 

@@ -60,11 +60,11 @@ class Harness:
         self.ingest.start()
         self.workers: list[zmq.Socket] = []
 
-    def add_worker(self, credits: int) -> zmq.Socket:
+    def add_worker(self, credits: int, **announced) -> zmq.Socket:
         dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(self.ingest.work_endpoint)
-        dealer.send_multipart([wire.READY, wire.dumps({"credits": credits})])
+        dealer.send_multipart([wire.READY, wire.dumps({"credits": credits, **announced})])
         self.workers.append(dealer)
         deadline = time.monotonic() + 5
         while self.ingest.n_workers < len(self.workers) and time.monotonic() < deadline:
