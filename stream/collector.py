@@ -1,7 +1,11 @@
 """The collector: owns the maps. Places every worker result on its scan pixel, knows when a
 series is complete, and hands the finished maps to whoever writes them.
 
-One collector per service; workers and the ingest PUSH to its PULL socket. The map state is
+One collector per service; workers and the ingest PUSH to its PULL socket. Messages from
+different processes come over different connections, in no guaranteed order: a worker's first
+results (or its problem with a series) can arrive before the ingest's series message, which
+carries the pixel mask; they are held until the series opens (for ``results_timeout_s`` at most,
+then dropped and counted in :attr:`Collector.orphaned`). The map state is
 also published (PUB: pixel updates and full snapshots, newest wins; see
 :mod:`stream.published_state`) for viewers: a slow viewer drops messages and never slows the
 service.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -27,6 +32,9 @@ from stream.documents import DOCUMENT
 from stream.published_state import MapPublisher
 
 log = logging.getLogger(__name__)
+
+MAX_HELD_MESSAGES = 4096
+"""Messages of series not opened yet held at most (beyond: dropped and counted)."""
 
 
 @dataclass
@@ -125,6 +133,10 @@ class Collector(LoopThread):
         self.series: dict[int, _Series] = {}
         self.malformed = 0
         self.progress: Callable[[_Series], None] | None = None
+        self._held: dict[int, tuple[float, list[list[bytes]]]] = {}  # series id -> (first seen, messages)
+        self._n_held = 0
+        self._finished_ids: deque[int] = deque(maxlen=64)  # late messages of these are not held
+        self.orphaned = 0  # messages of a series that never opened (or held beyond the limit)
 
 
 
@@ -139,6 +151,7 @@ class Collector(LoopThread):
                             break
                         self.handle(parts)
                 self._check_complete()
+                self._expire_held()
                 if self.publisher is not None:
                     self.publisher.maybe_publish(self.series)
         finally:
@@ -156,7 +169,9 @@ class Collector(LoopThread):
                 info, _mask = wire.decode_series(parts)
                 self._open(info)
             elif kind == wire.RESULT:
-                self._on_result(*wire.decode_result(parts))
+                meta, values, statuses = wire.decode_result(parts)
+                if not self._hold(meta.get("series_id"), parts):
+                    self._on_result(meta, values, statuses)
             elif kind == wire.SUMMARY:
                 data = wire.loads(parts[1])
                 series = self.series.get(int(data["series_id"]))
@@ -169,11 +184,15 @@ class Collector(LoopThread):
                 series.summary_at = time.monotonic()
             elif kind == wire.AVERAGE:
                 meta, signal_sum, raw_sum, n_valid = wire.decode_average(parts)
+                if self._hold(meta.get("series_id"), parts):
+                    return
                 series = self.series.get(meta.get("series_id"))
                 if series is not None:
                     series.averages[str(meta.get("worker"))] = (signal_sum, raw_sum, n_valid, int(meta["n_frames"]))
             elif kind == wire.PROBLEM:
                 data = wire.loads(parts[1])
+                if self._hold(data.get("series_id"), parts):
+                    return
                 series = self.series.get(data.get("series_id"))
                 if series is not None and data["message"] not in series.problems:
                     series.problems.append(data["message"])
@@ -193,10 +212,43 @@ class Collector(LoopThread):
         self.series[info.series_id] = _Series(info, grid, self.parameters)
         if self.placement is not None:
             self.placement.open_series(self.series[info.series_id])
+        if info.series_id in self._finished_ids:
+            self._finished_ids.remove(info.series_id)
+        _, held = self._held.pop(info.series_id, (None, []))
+        self._n_held -= len(held)
+        for parts in held:  # results that overtook the series message
+            self.handle(parts)
+
+    def _hold(self, series_id, parts: list[bytes]) -> bool:
+        """Keep a message of a series not opened yet; False when it is to be handled now (its
+        series is open or finished a short while ago, or it names none)."""
+        if (not isinstance(series_id, int) or isinstance(series_id, bool) or series_id in self.series
+                or series_id in self._finished_ids):
+            return False
+        if self._n_held >= MAX_HELD_MESSAGES:
+            self.orphaned += 1
+            log.warning("collector: too many messages of series not begun; dropped one of series %d", series_id)
+            return True
+        self._held.setdefault(series_id, (time.monotonic(), []))[1].append(parts)
+        self._n_held += 1
+        return True
+
+    def _expire_held(self) -> None:
+        """Drop held messages of a series that did not open within ``results_timeout_s``."""
+        if not self._held:
+            return
+        now = time.monotonic()
+        for series_id, (since, held) in list(self._held.items()):
+            if now - since > self.results_timeout_s:
+                del self._held[series_id]
+                self._n_held -= len(held)
+                self.orphaned += len(held)
+                log.warning("collector: %d messages of series %d, which never began, dropped", len(held), series_id)
 
     def _on_result(self, meta: dict, values: np.ndarray, statuses: np.ndarray) -> None:
         series = self.series.get(meta.get("series_id"))
         if series is None:
+            self.orphaned += 1
             log.warning("result for unknown series %s", meta.get("series_id"))
             return
         series.results += 1
@@ -244,6 +296,7 @@ class Collector(LoopThread):
 
     def _finish(self, series_id: int, complete: bool) -> None:
         series = self.series.pop(series_id)
+        self._finished_ids.append(series_id)
         if self.placement is not None:
             self.placement.finish(series)
         if series.outside_grid:

@@ -1,0 +1,101 @@
+"""The collector's messages come from several processes over several connections, in no
+guaranteed order: results and problems of a series that arrive before its series message are
+held and placed once it opens; those of a series that never opens are dropped after the results
+time-out and counted; late results of a finished series are not held.
+
+A real collector thread and PUSH sockets on 127.0.0.1 (one for the ingest, one for a worker).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from stream import wire
+from stream.accounting import SeriesAccounting
+from stream.collector import Collector
+
+PARAMETERS = ("saxs_intensity", "a_mean_nm")
+
+
+@pytest.fixture
+def collector_and_pushes():
+    context = zmq.Context()
+    outcomes: queue.Queue = queue.Queue()
+    collector = Collector("tcp://127.0.0.1:0", PARAMETERS, outcomes.put, context=context, results_timeout_s=1.0)
+    collector.start()
+    pushes = []
+    for _ in range(2):
+        push = context.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(collector.endpoint)
+        pushes.append(push)
+    yield collector, outcomes, pushes
+    collector.stop()
+    for push in pushes:
+        push.close(linger=0)
+    context.term()
+
+
+def _result(series_id: int, index: int) -> list:
+    return wire.encode_result({"series_id": series_id, "frame_index": index},
+                              np.array([10.0 * index + 1, 2.5]), np.zeros(2, np.int32))
+
+
+def _series_and_summary(series_id: int, n_frames: int) -> tuple[list, list]:
+    info = wire.SeriesInfo(series_id, "v2", n_frames, (4, 4), "uint32", None, None, None, None, None)
+    accounting = SeriesAccounting(series_id, n_frames)
+    for k in range(n_frames):
+        accounting.record_frame(k)
+    summary = [wire.SUMMARY, wire.dumps(dict(accounting.summary("end").as_dict(), forwarded=n_frames, workers=[]))]
+    return wire.encode_series(info, None), summary
+
+
+def _wait_held(collector: Collector, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while collector._n_held < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collector._n_held == n
+
+
+def test_results_that_overtake_their_series_message_are_placed(collector_and_pushes):
+    collector, outcomes, (ingest, worker) = collector_and_pushes
+    for k in range(4):
+        worker.send_multipart(_result(3, k))
+    worker.send_multipart([wire.PROBLEM, wire.dumps({"series_id": 3, "message": "a worker's problem"})])
+    _wait_held(collector, 5)
+    series, summary = _series_and_summary(3, 4)
+    ingest.send_multipart(series)
+    ingest.send_multipart(summary)
+    outcome = outcomes.get(timeout=10)
+    assert outcome.complete and outcome.results == 4 and outcome.problems == ["a worker's problem"]
+    np.testing.assert_array_equal(outcome.maps.values["saxs_intensity"].ravel()[:4], [1.0, 11.0, 21.0, 31.0])
+    assert collector._n_held == 0 and collector.orphaned == 0 and collector.malformed == 0
+
+
+def test_results_of_a_series_that_never_begins_are_dropped_and_counted(collector_and_pushes):
+    collector, outcomes, (ingest, worker) = collector_and_pushes
+    worker.send_multipart(_result(8, 0))
+    worker.send_multipart(_result(8, 1))
+    _wait_held(collector, 2)
+    deadline = time.monotonic() + 5
+    while collector.orphaned < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert collector.orphaned == 2 and collector._n_held == 0
+
+
+def test_late_results_of_a_finished_series_are_not_held(collector_and_pushes):
+    collector, outcomes, (ingest, worker) = collector_and_pushes
+    series, summary = _series_and_summary(5, 1)
+    ingest.send_multipart(series)
+    worker.send_multipart(_result(5, 0))
+    ingest.send_multipart(summary)
+    assert outcomes.get(timeout=10).results == 1
+    worker.send_multipart(_result(5, 0))  # a repeat, after the series finished
+    worker.send_multipart(_result(6, 0))  # the next series, early: held
+    _wait_held(collector, 1)
+    assert 6 in collector._held and 5 not in collector._held and collector.orphaned == 1
