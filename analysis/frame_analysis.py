@@ -102,6 +102,7 @@ class FrameAnalyzer:
         """Compile every kernel on the real tables with dummy frames before serving (one frame
         and a batch of two, uint32 and uint16)."""
         warm_up_fits()
+        self.average.warm_up()
         n_params = len(self.parameter_names)
         for dtype in (np.uint32, np.uint16):
             frame = np.zeros(self.geometry.shape, dtype=dtype)
