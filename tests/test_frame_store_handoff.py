@@ -14,8 +14,6 @@ import threading
 
 import numpy as np
 import pytest
-import zmq
-
 from analysis.errors import ProtocolError
 from analysis.status import Status
 from stream import wire
@@ -24,11 +22,9 @@ from stream.frame_store import (FrameStore, FrameStoreUnreadable, StoredLocation
                                 StoredPayloadReader)
 from stream.messages import ImageFrame
 from stream.protocol_v1 import encode_v1_end, encode_v1_image, encode_v1_start
-from stream.worker import Worker, WorkerConfig
-from tests.small_detector import flat_frame, write_setup
-from tests.test_ingest import harness_factory, image_message, receive, start_message  # noqa: F401 (fixture)
-
-TIMEOUT_MS = 20_000
+from tests.small_detector import flat_frame
+from tests.test_ingest import harness_factory, image_message, receive, start_message  # noqa: F401, F811 (a fixture)
+from tests.worker_sockets import worker_on_sockets
 
 
 def _frame(series_id: int, index: int, payload: bytes) -> ImageFrame:
@@ -155,32 +151,18 @@ def encode_v1_end_for(series_id: int) -> list:
 # -- the worker ------------------------------------------------------------------------------------------
 @pytest.fixture
 def reading_worker(tmp_path):
-    setup = write_setup(tmp_path)
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    pull = context.socket(zmq.PULL)
-    for socket in (router, pull):
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
-    work = router.bind_to_random_port("tcp://127.0.0.1")
-    results = pull.bind_to_random_port("tcp://127.0.0.1")
-    stop = threading.Event()
-    worker = Worker(WorkerConfig(f"tcp://127.0.0.1:{work}", f"tcp://127.0.0.1:{results}", setup,
-                                 credits=4, max_batch=1, name="store-reader", read_frame_store=True),
-                    context=context, stop=stop)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    identity, kind, ready = router.recv_multipart()
-    assert kind == wire.READY and wire.loads(ready) == {"credits": 4, "worker": "store-reader",
-                                                        "reads_frame_store": True}
-    store = FrameStore(directory=str(tmp_path))
-    yield worker, identity, router, pull, store
-    stop.set()
-    thread.join(10)
-    store.close()
-    router.close()
-    pull.close()
-    context.term()
+    with worker_on_sockets(tmp_path, credits=4, max_batch=1, name="store-reader", read_frame_store=True) as sockets:
+        worker, router, pull, stop = sockets
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        identity, kind, ready = router.recv_multipart()
+        assert kind == wire.READY and wire.loads(ready) == {"credits": 4, "worker": "store-reader",
+                                                            "reads_frame_store": True}
+        store = FrameStore(directory=str(tmp_path))
+        yield worker, identity, router, pull, store
+        stop.set()
+        thread.join(10)
+        store.close()
 
 
 def _image(index: int) -> ImageFrame:

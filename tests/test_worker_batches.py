@@ -13,16 +13,13 @@ import threading
 
 import numpy as np
 import pytest
-import zmq
 
 from analysis.status import Status
 from stream import wire
 from stream.codecs import compress
 from stream.messages import ImageFrame
-from stream.worker import Worker, WorkerConfig
 from tests.small_detector import SHAPE, counts_of, flat_frame, write_setup
-
-TIMEOUT_MS = 20_000
+from tests.worker_sockets import TIMEOUT_MS, worker_on_sockets
 
 
 def frame_message(index: int, frame: np.ndarray | None = None, payload: bytes | None = None) -> list:
@@ -35,23 +32,8 @@ def frame_message(index: int, frame: np.ndarray | None = None, payload: bytes | 
 
 @pytest.fixture
 def worker_sockets(tmp_path):
-    setup = write_setup(tmp_path)
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    pull = context.socket(zmq.PULL)
-    for socket in (router, pull):
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.RCVTIMEO, TIMEOUT_MS)
-    work = router.bind_to_random_port("tcp://127.0.0.1")
-    results = pull.bind_to_random_port("tcp://127.0.0.1")
-    stop = threading.Event()
-    worker = Worker(WorkerConfig(f"tcp://127.0.0.1:{work}", f"tcp://127.0.0.1:{results}", setup,
-                                 credits=8, max_batch=4, name="batch-test"), context=context, stop=stop)
-    yield worker, router, pull, stop
-    stop.set()
-    router.close()
-    pull.close()
-    context.term()
+    with worker_on_sockets(tmp_path, credits=8, max_batch=4, name="batch-test") as sockets:
+        yield sockets
 
 
 def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
