@@ -23,7 +23,7 @@ from stream.frame_store import (FrameStore, FrameStoreUnreadable, StoredLocation
 from stream.messages import ImageFrame
 from stream.protocol_v1 import encode_v1_end, encode_v1_image, encode_v1_start
 from tests.small_detector import flat_frame
-from tests.test_ingest import harness_factory, image_message, receive, start_message  # noqa: F401, F811 (a fixture)
+from tests.test_ingest import Harness, image_message, receive, start_message
 from tests.worker_sockets import worker_on_sockets
 
 
@@ -116,9 +116,17 @@ def test_unreadable_files_and_bad_locations_are_errors(tmp_path):
 
 
 # -- the ingest -----------------------------------------------------------------------------------------
-def test_ingest_sends_locations_only_to_workers_that_read_the_store(harness_factory, tmp_path):
+@pytest.fixture
+def ingest_with_store(tmp_path):
     store = FrameStore(directory=str(tmp_path))
-    harness = harness_factory(frame_store=store)
+    harness = Harness(frame_store=store)
+    yield harness, store
+    harness.close()
+    store.close()
+
+
+def test_ingest_sends_locations_only_to_workers_that_read_the_store(ingest_with_store):
+    harness, store = ingest_with_store
     reading = harness.add_worker(credits=1, reads_frame_store=True)
     plain = harness.add_worker(credits=1)
     harness.send(encode_v1_start(start_message(n_images=2)))
@@ -140,7 +148,6 @@ def test_ingest_sends_locations_only_to_workers_that_read_the_store(harness_fact
     assert "stored" not in meta and payload == image_message(meta["frame_index"]).payload
     summary = wire.loads(harness.collect(wire.SUMMARY)[1])
     assert summary["received"] == 2 and summary["forwarded"] == 2
-    store.close()
 
 
 def encode_v1_end_for(series_id: int) -> list:
