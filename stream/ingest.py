@@ -112,6 +112,11 @@ class Ingest(LoopThread):
     def n_workers(self) -> int:
         return len(self.credits)
 
+    @property
+    def n_store_readers(self) -> int:
+        """Workers that get stored frames' locations instead of their payloads."""
+        return len(self._store_readers)
+
     def run(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)

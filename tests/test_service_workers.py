@@ -1,6 +1,6 @@
 """The running service (ingest, two worker processes, collector) on real loopback sockets,
-fed by a raw detector PUSH socket on an OS-assigned port: every frame lands on its scan pixel,
-the accounting is exact, and a frame whose compressed payload is corrupt (but whose framing
+fed by a raw detector PUSH socket on an OS-assigned port, its workers receiving the payloads or
+reading them from the frame store: every frame lands on its scan pixel, the accounting is exact, and a frame whose compressed payload is corrupt (but whose framing
 looks fine to the ingest) is counted undecodable with its reason, not received.
 
 The small test detector keeps the real analysis fast (see ``small_detector.py``).
@@ -45,12 +45,17 @@ def detector():
     context.term()
 
 
-@pytest.fixture(scope="module")
-def service(setup, detector):
+@pytest.fixture(scope="module", params=["payloads sent", "payloads read from the frame store"])
+def service(request, setup, detector):
+    """Without the frame detail (no frame store: the workers receive the payloads), and with it
+    (the workers, on the ingest's host, read them from the store)."""
+    from_store = request.param == "payloads read from the frame store"
     config = ServiceConfig(setup=setup, detector_endpoint=detector[1], protocol="v1", n_workers=2,
-                           grid=GRID, publish_endpoint=None, detail_endpoint=None,
+                           grid=GRID, publish_endpoint=None,
+                           detail_endpoint="tcp://127.0.0.1:0" if from_store else None,
                            series_timeout_s=20.0, results_timeout_s=20.0)
     with Service(config) as running:
+        assert running.ingest.n_store_readers == (2 if from_store else 0)
         yield running
 
 
