@@ -94,15 +94,15 @@ def atomic_lattice_parameters(fits: PeakFits, phi_deg=None, phi_status=None,
     AtomicLatticeResult
     """
     shape = fits.frame_shape
-    present = np.stack([fits.present(name) for name in peaks], axis=-1)
+    present = fits.present_columns(peaks)
     any_present = present.any(axis=-1)
     values: dict[str, np.ndarray] = {}
     statuses: dict[str, np.ndarray] = {}
 
     # Orientation psi of [010]_AL.
-    estimates = np.stack([fits.get("chi0_deg", name) + PSI_OFFSETS_DEG[name] for name in peaks], axis=-1)
+    estimates = fits.columns("chi0_deg", peaks) + np.array([PSI_OFFSETS_DEG[name] for name in peaks])
     psi = circular_mean_deg(np.where(present, estimates, np.nan), axis=-1)
-    chi_err = np.stack([fits.get("chi0_err_deg", name) for name in peaks], axis=-1)
+    chi_err = fits.columns("chi0_err_deg", peaks)
     n_present = present.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         psi_err = np.sqrt((np.where(present, chi_err, 0.0) ** 2).sum(axis=-1)) / np.maximum(n_present, 1)
@@ -129,7 +129,7 @@ def atomic_lattice_parameters(fits: PeakFits, phi_deg=None, phi_status=None,
         delta_ok, int(Status.OK), np.where(psi_ok, phi_reason, statuses["psi_deg"])).astype(np.int32)
 
     # Mean integrated intensity.
-    i0 = np.stack([fits.get("i0", name) for name in peaks], axis=-1)
+    i0 = fits.columns("i0", peaks)
     with np.errstate(invalid="ignore", divide="ignore"):
         values["i_al"] = np.where(any_present, np.where(present, i0, 0.0).sum(axis=-1) / np.maximum(n_present, 1),
                                   np.nan)
@@ -194,8 +194,8 @@ def hiller_cell(fits: PeakFits, peak_100: str = "waxs_010",
     a_ok = fits.present(peak_100)
     with np.errstate(invalid="ignore", divide="ignore"):
         a = np.where(a_ok, 2.0 * np.pi / fits.get("q0_nm", peak_100), np.nan)
-    present_110 = np.stack([fits.present(name) for name in peaks_110], axis=-1)
-    q_110 = np.stack([fits.get("q0_nm", name) for name in peaks_110], axis=-1)
+    present_110 = fits.present_columns(peaks_110)
+    q_110 = fits.columns("q0_nm", peaks_110)
     n_110 = present_110.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         q110_mean = np.where(n_110 > 0, np.where(present_110, q_110, 0.0).sum(axis=-1) / np.maximum(n_110, 1), np.nan)

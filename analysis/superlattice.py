@@ -110,10 +110,10 @@ def average_friedel_pair(fits: PeakFits, first: str, mate: str) -> FriedelPair:
     first, mate : str
         Names of the peak and of its Friedel mate (e.g. ``"saxs_1"``, ``"saxs_3"``).
     """
-    present = np.stack([fits.present(first), fits.present(mate)], axis=-1)
+    present = fits.present_columns((first, mate))
 
     def column(quantity):
-        return np.stack([fits.get(quantity, first), fits.get(quantity, mate)], axis=-1)
+        return fits.columns(quantity, (first, mate))
 
     chi = column("chi0_deg") - np.array([0.0, 180.0])
     omega = circular_mean_deg(np.where(present, chi, np.nan), axis=-1)
@@ -260,9 +260,9 @@ def superlattice_parameters(fits: PeakFits, phi_centre_deg: float = 90.0,
         }
 
     # Hiller S11/S12: (001)/(00-1) = pair 2, (010)/(0-10) = pair 1.
-    first_order = np.stack([fits.present(name) for name in peaks], axis=-1)
-    q_all = np.stack([fits.get("q0_nm", name) for name in peaks], axis=-1)
-    q_err_all = np.stack([fits.get("q0_err_nm", name) for name in peaks], axis=-1)
+    first_order = fits.present_columns(peaks)
+    q_all = fits.columns("q0_nm", peaks)
+    q_err_all = fits.columns("q0_err_nm", peaks)
     q0_mean = _mean_of_present(q_all, first_order)
     q0_mean_err = _error_of_mean(q_err_all, first_order)
     gamma_hiller = np.abs(wrap_deg(pair2.omega_deg - pair1.omega_deg))

@@ -248,10 +248,10 @@ def frame_broadening(fits: PeakFits, L_nm: float, K: float = K_CUBE,
     peaks : tuple of str
         Peaks entering the means.
     """
-    present = np.stack([fits.present(name) for name in peaks], axis=-1)
-    q = np.stack([fits.get("q0_nm", name) for name in peaks], axis=-1)
-    w_q = np.stack([fits.get("fwhm_q_nm", name) for name in peaks], axis=-1)
-    w_chi = np.stack([fits.get("fwhm_chi_deg", name) for name in peaks], axis=-1)
+    present = fits.present_columns(peaks)
+    q = fits.columns("q0_nm", peaks)
+    w_q = fits.columns("fwhm_q_nm", peaks)
+    w_chi = fits.columns("fwhm_chi_deg", peaks)
     g_q, g_status, g_n = radial_distortion(q, w_q, present, L_nm, K)
     dpsi, d_status, d_n = orientation_spread_deg(q, w_chi, present, L_nm, K)
     disorder, disorder_status = _mean_orientational_disorder(w_chi, q, present, g_q, g_status, L_nm, K)
@@ -280,10 +280,10 @@ def fit_williamson_hall_peaks(fits: PeakFits, K: float = K_CUBE,
     Peaks absent or not OK are left out; the fit is weighted when the FWHM errors are known for
     every peak used.
     """
-    present = np.stack([fits.present(name) for name in peaks], axis=-1)
-    q = np.where(present, np.stack([fits.get("q0_nm", n) for n in peaks], axis=-1), np.nan)
-    w = np.where(present, np.stack([fits.get("fwhm_q_nm", n) for n in peaks], axis=-1), np.nan)
-    err = np.stack([fits.get("fwhm_q_err_nm", n) for n in peaks], axis=-1)
+    present = fits.present_columns(peaks)
+    q = np.where(present, fits.columns("q0_nm", peaks), np.nan)
+    w = np.where(present, fits.columns("fwhm_q_nm", peaks), np.nan)
+    err = fits.columns("fwhm_q_err_nm", peaks)
     known = np.all(~present | (np.isfinite(err) & (err > 0)))
     return fit_williamson_hall(q, w, K, fwhm_err_nm=err if known else None)
 

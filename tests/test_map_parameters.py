@@ -137,6 +137,18 @@ def test_peak_presence_and_value_status_of_every_kind_of_fit():
     fits.present("a")[:] = False
     fits.value_status("a")[:] = 0
     np.testing.assert_array_equal(fits.present("a"), [True, False, False, False])
+    # several peaks at once: the same as one by one, stacked (a missing peak: NaN, absent)
+    for names in (("b", "a"), ("a", "missing", "b")):
+        for quantity in ("q0_nm", "chi0_deg", "i0_err"):
+            np.testing.assert_array_equal(fits.columns(quantity, names),
+                                          np.stack([fits.get(quantity, n) for n in names], axis=-1))
+        np.testing.assert_array_equal(fits.present_columns(names),
+                                      np.stack([fits.present(n) for n in names], axis=-1))
+    fits.columns("q0_nm", ("a", "b"))[:] = 0.0
+    fits.present_columns(("a", "b"))[:] = False
+    assert fits.present("a")[0] and fits.get("q0_nm", "a")[0] == 1.0
+    with pytest.raises(ConfigurationError, match="unknown peak quantity"):
+        fits.columns("q0", ("a",))
     values, statuses = peak_map_values(fits)
     np.testing.assert_array_equal(values["b.q0_nm"], [2.0, 2.0, np.nan, 2.0])
     np.testing.assert_array_equal(values["a.i0"], [10.0, np.nan, np.nan, np.nan])
