@@ -5,7 +5,10 @@ One collector per service; workers and the ingest PUSH to its PULL socket. Messa
 different processes come over different connections, in no guaranteed order: a worker's first
 results (or its problem with a series) can arrive before the ingest's series message, which
 carries the pixel mask; they are held until the series opens (for ``results_timeout_s`` at most,
-then dropped and counted in :attr:`Collector.orphaned`). The map state is
+then dropped and counted in :attr:`Collector.orphaned`). Messages name their series by detector
+series id and by the ingest's ``series_instance`` (increasing), so the late results of a
+finished series are dropped and counted, never placed on a newer series of the same id. The
+map state is
 also published (PUB: pixel updates and full snapshots, newest wins; see
 :mod:`stream.published_state`) for viewers: a slow viewer drops messages and never slows the
 service.
@@ -135,7 +138,8 @@ class Collector(LoopThread):
         self.progress: Callable[[_Series], None] | None = None
         self._held: dict[int, tuple[float, list[list[bytes]]]] = {}  # series id -> (first seen, messages)
         self._n_held = 0
-        self._finished_ids: deque[int] = deque(maxlen=64)  # late messages of these are not held
+        self._finished_ids: deque[int] = deque(maxlen=64)  # late messages without an instance: not held
+        self._latest_instance = 0  # the newest series instance opened
         self.orphaned = 0  # messages of a series that never opened (or held beyond the limit)
 
 
@@ -170,7 +174,7 @@ class Collector(LoopThread):
                 self._open(info)
             elif kind == wire.RESULT:
                 meta, values, statuses = wire.decode_result(parts)
-                if not self._hold(meta.get("series_id"), parts):
+                if not self._defer(meta, parts):
                     self._on_result(meta, values, statuses)
             elif kind == wire.SUMMARY:
                 data = wire.loads(parts[1])
@@ -184,14 +188,14 @@ class Collector(LoopThread):
                 series.summary_at = time.monotonic()
             elif kind == wire.AVERAGE:
                 meta, signal_sum, raw_sum, n_valid = wire.decode_average(parts)
-                if self._hold(meta.get("series_id"), parts):
+                if self._defer(meta, parts):
                     return
                 series = self.series.get(meta.get("series_id"))
                 if series is not None:
                     series.averages[str(meta.get("worker"))] = (signal_sum, raw_sum, n_valid, int(meta["n_frames"]))
             elif kind == wire.PROBLEM:
                 data = wire.loads(parts[1])
-                if self._hold(data.get("series_id"), parts):
+                if self._defer(data, parts):
                     return
                 series = self.series.get(data.get("series_id"))
                 if series is not None and data["message"] not in series.problems:
@@ -214,17 +218,42 @@ class Collector(LoopThread):
             self.placement.open_series(self.series[info.series_id])
         if info.series_id in self._finished_ids:
             self._finished_ids.remove(info.series_id)
+        if isinstance(info.instance, int):
+            self._latest_instance = max(self._latest_instance, info.instance)
         _, held = self._held.pop(info.series_id, (None, []))
         self._n_held -= len(held)
         for parts in held:  # results that overtook the series message
             self.handle(parts)
 
-    def _hold(self, series_id, parts: list[bytes]) -> bool:
-        """Keep a message of a series not opened yet; False when it is to be handled now (its
-        series is open or finished a short while ago, or it names none)."""
-        if (not isinstance(series_id, int) or isinstance(series_id, bool) or series_id in self.series
-                or series_id in self._finished_ids):
+    def _defer(self, meta: dict, parts: list[bytes]) -> bool:
+        """Whether a worker's message is not for now: held (its series has not opened yet) or
+        dropped and counted (its series finished). False: handle it now (its series is open, or
+        it names no series: reported where it is handled).
+
+        Parameters
+        ----------
+        meta : dict
+            The message's metadata: ``series_id`` and, from a current ingest,
+            ``series_instance``.
+        """
+        series_id, instance = meta.get("series_id"), meta.get("series_instance")
+        if not _is_count(series_id):
             return False
+        series = self.series.get(series_id)
+        if not _is_count(instance):  # by id alone
+            if series is not None or series_id in self._finished_ids:
+                return False
+            return self._hold(series_id, parts)
+        if series is not None and series.info.instance in (None, instance):
+            return False
+        if instance <= self._latest_instance:  # its series opened before: it is over
+            self.orphaned += 1
+            log.warning("collector: a late message of series %d (instance %d) dropped", series_id, instance)
+            return True
+        return self._hold(series_id, parts)
+
+    def _hold(self, series_id: int, parts: list[bytes]) -> bool:
+        """Keep a message of a series not opened yet (True: the caller is done with it)."""
         if self._n_held >= MAX_HELD_MESSAGES:
             self.orphaned += 1
             log.warning("collector: too many messages of series not begun; dropped one of series %d", series_id)
@@ -333,6 +362,10 @@ class Collector(LoopThread):
             log.exception("average-pattern analysis of series %d failed", series.info.series_id)
             series.problems.append(f"average-pattern analysis failed: {exc}")
             return None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _record_error(series: _Series, meta: dict) -> None:

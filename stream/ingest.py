@@ -19,6 +19,7 @@ Overflow policy when every worker is busy:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter, deque
@@ -104,6 +105,8 @@ class Ingest(LoopThread):
         self._series_lean_parts: list[bytes] | None = None
         self._series_digest: str | None = None
         self._store_readers: set[bytes] = set()  # workers that read payloads from the frame store
+        self._last_instance = 0
+        self.series_instance: int | None = None  # SeriesInfo.instance of the open series
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -262,7 +265,7 @@ class Ingest(LoopThread):
             if not self.accounting.record_frame(message.frame_index):
                 return
             stored = self.frame_store.add(message) if self.frame_store is not None else None
-            frame = _OutgoingFrame(message, item.received_ns, stored)
+            frame = _OutgoingFrame(message, item.received_ns, stored, self.series_instance)
             if not self._dispatch(frame):
                 if self.overflow == "drop" and len(self.queue) >= self.max_queue:
                     self.accounting.record_dropped(message.frame_index)
@@ -285,6 +288,9 @@ class Ingest(LoopThread):
             self.accounting.record_malformed(item.reason)
 
     def _open_series(self, info: wire.SeriesInfo, mask) -> None:
+        self._last_instance = max(self._last_instance + 1, time.time_ns())
+        self.series_instance = self._last_instance
+        info = dataclasses.replace(info, instance=self.series_instance)
         self.accounting = SeriesAccounting(info.series_id, info.n_images)
         for reason, count in self.orphans.items():
             self.accounting.malformed += count
@@ -331,7 +337,8 @@ class Ingest(LoopThread):
         summary["forwarded"] = self.forwarded
         summary["workers"] = sorted(name.decode(errors="replace") for name in self.series_workers)
         # Workers answer with their share of the average pattern (after their last result).
-        end = [wire.SERIES_END, wire.dumps({"series_id": self.accounting.series_id})]
+        end = [wire.SERIES_END, wire.dumps({"series_id": self.accounting.series_id,
+                                            "series_instance": self.series_instance})]
         for identity in list(self.series_workers):
             self._send_to_worker(identity, end)
         self.to_collector.send_multipart([wire.SUMMARY, wire.dumps(summary)])
@@ -357,12 +364,13 @@ class _OutgoingFrame:
     frame: ImageFrame
     received_ns: int
     stored: StoredLocation | None
+    series_instance: int | None
 
     def parts(self, reads_store: bool) -> list:
         """The frame message for a worker that reads the frame store, or not."""
         if reads_store and self.stored is not None:
-            return wire.encode_stored_frame(self.frame, self.received_ns, self.stored.as_dict())
-        return wire.encode_frame(self.frame, self.received_ns)
+            return wire.encode_stored_frame(self.frame, self.received_ns, self.stored.as_dict(), self.series_instance)
+        return wire.encode_frame(self.frame, self.received_ns, self.series_instance)
 
 
 def _bindable(endpoint: str) -> str:

@@ -91,6 +91,10 @@ class SeriesInfo:
     pixel_mask_digest: str | None = None
     """SHA-1 of the series' pixel mask (little-endian uint32), set by :func:`encode_series`:
     the workers find the analyzer of a mask seen before without hashing 18 MB again."""
+    instance: int | None = None
+    """Set by the ingest for each series it opens, increasing (from its clock, in ns): frames,
+    results and averages carry it as ``series_instance``, so the collector tells two series of
+    one detector series id apart (a detector that numbers from 1 again after a restart)."""
 
     @classmethod
     def from_start(cls, start: SeriesStart) -> "SeriesInfo":
@@ -216,19 +220,20 @@ def decode_series(parts: list, last_mask: tuple[str, np.ndarray] | None = None) 
     return info, mask
 
 
-def encode_frame(frame: ImageFrame, received_ns: int) -> list:
-    return [FRAME, dumps(_frame_meta(frame, received_ns)), frame.payload]
+def encode_frame(frame: ImageFrame, received_ns: int, series_instance: int | None = None) -> list:
+    return [FRAME, dumps(_frame_meta(frame, received_ns, series_instance)), frame.payload]
 
 
-def encode_stored_frame(frame: ImageFrame, received_ns: int, location: dict) -> list:
+def encode_stored_frame(frame: ImageFrame, received_ns: int, location: dict,
+                        series_instance: int | None = None) -> list:
     """A frame message without its payload: ``location`` (a
     :class:`stream.frame_store.StoredLocation` as a dict) says where the worker reads it."""
-    meta = _frame_meta(frame, received_ns)
+    meta = _frame_meta(frame, received_ns, series_instance)
     meta["stored"] = location
     return [FRAME, dumps(meta), b""]
 
 
-def _frame_meta(frame: ImageFrame, received_ns: int) -> dict:
+def _frame_meta(frame: ImageFrame, received_ns: int, series_instance: int | None) -> dict:
     return {
         "series_id": frame.series_id,
         "frame_index": frame.frame_index,
@@ -237,6 +242,7 @@ def _frame_meta(frame: ImageFrame, received_ns: int) -> dict:
         "compression": frame.compression,
         "elem_size": frame.elem_size,
         "received_ns": received_ns,
+        "series_instance": series_instance,
     }
 
 

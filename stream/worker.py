@@ -154,12 +154,16 @@ class Worker:
         except BraggmapError as exc:
             self.series_problem = str(exc)
             self.analyzer = None
-            results.send_multipart([wire.PROBLEM, wire.dumps({"series_id": _series_id(parts), "message": str(exc)})])
+            series_id, instance = _series_keys(parts)
+            results.send_multipart([wire.PROBLEM, wire.dumps({"series_id": series_id, "series_instance": instance,
+                                                              "message": str(exc)})])
             log.info("series rejected: %s", exc)  # reported to the collector, which owns the outcome
 
     def _average(self, parts) -> list[bytes]:
         """This worker's share of the series' average pattern, then reset."""
-        meta = {"series_id": wire.loads(parts[1].buffer)["series_id"], "worker": self.name, "n_frames": 0}
+        end = wire.loads(parts[1].buffer)
+        meta = {"series_id": end["series_id"], "series_instance": end.get("series_instance"), "worker": self.name,
+                "n_frames": 0}
         if self.analyzer is None:
             empty = np.zeros((0, 0, 0))
             return wire.encode_average(meta, empty, empty, empty.astype(np.int64))
@@ -281,6 +285,7 @@ class Worker:
         meta = record.meta
         out = {
             "series_id": meta.get("series_id"),
+            "series_instance": meta.get("series_instance"),
             "frame_index": meta.get("frame_index"),
             "received_ns": meta.get("received_ns"),
             "started_ns": record.started_ns,
@@ -314,11 +319,14 @@ class _FrameRecord:
             self.error = f"{type(exc).__name__}: {exc}"
 
 
-def _series_id(parts) -> int | None:
+def _series_keys(parts) -> tuple[int | None, int | None]:
+    """(series id, series instance) of a series message, None for what it does not tell."""
     try:
-        return int(wire.loads(parts[1].buffer)["series_id"])
+        info = wire.loads(parts[1].buffer)
+        instance = info.get("instance")
+        return int(info["series_id"]), instance if isinstance(instance, int) else None
     except Exception:
-        return None
+        return None, None
 
 
 def run_worker_process(config: WorkerConfig) -> None:

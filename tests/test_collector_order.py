@@ -1,7 +1,8 @@
 """The collector's messages come from several processes over several connections, in no
 guaranteed order: results and problems of a series that arrive before its series message are
 held and placed once it opens; those of a series that never opens are dropped after the results
-time-out and counted; late results of a finished series are not held.
+time-out and counted; late results of a finished series are not held, and by their series
+instance they are never placed on a newer series of the same detector series id.
 
 A real collector thread and PUSH sockets on 127.0.0.1 (one for the ingest, one for a worker).
 """
@@ -41,13 +42,15 @@ def collector_and_pushes():
     context.term()
 
 
-def _result(series_id: int, index: int) -> list:
-    return wire.encode_result({"series_id": series_id, "frame_index": index},
-                              np.array([10.0 * index + 1, 2.5]), np.zeros(2, np.int32))
+def _result(series_id: int, index: int, instance: int | None = None, value: float | None = None) -> list:
+    value = 10.0 * index + 1 if value is None else value
+    return wire.encode_result({"series_id": series_id, "frame_index": index, "series_instance": instance},
+                              np.array([value, 2.5]), np.zeros(2, np.int32))
 
 
-def _series_and_summary(series_id: int, n_frames: int) -> tuple[list, list]:
-    info = wire.SeriesInfo(series_id, "v2", n_frames, (4, 4), "uint32", None, None, None, None, None)
+def _series_and_summary(series_id: int, n_frames: int, instance: int | None = None) -> tuple[list, list]:
+    info = wire.SeriesInfo(series_id, "v2", n_frames, (4, 4), "uint32", None, None, None, None, None,
+                           instance=instance)
     accounting = SeriesAccounting(series_id, n_frames)
     for k in range(n_frames):
         accounting.record_frame(k)
@@ -99,3 +102,32 @@ def test_late_results_of_a_finished_series_are_not_held(collector_and_pushes):
     worker.send_multipart(_result(6, 0))  # the next series, early: held
     _wait_held(collector, 1)
     assert 6 in collector._held and 5 not in collector._held and collector.orphaned == 1
+
+
+def test_a_reused_series_id_is_told_apart_by_the_series_instance(collector_and_pushes):
+    """A detector restarted numbers its series from 1 again: the ingest's series instance says
+    which series a result belongs to."""
+    collector, outcomes, (ingest, worker) = collector_and_pushes
+    series, summary = _series_and_summary(5, 2, instance=100)
+    ingest.send_multipart(series)
+    worker.send_multipart(_result(5, 0, instance=100, value=1.0))
+    worker.send_multipart(_result(5, 1, instance=200, value=2.0))  # the next series 5, early
+    _wait_held(collector, 1)
+    worker.send_multipart(_result(5, 1, instance=100, value=3.0))  # the first one's, on time
+    ingest.send_multipart(summary)
+    first = outcomes.get(timeout=10)
+    assert first.results == 2 and first.info.instance == 100
+    np.testing.assert_array_equal(first.maps.values["saxs_intensity"].ravel()[:2], [1.0, 3.0])
+    worker.send_multipart(_result(5, 0, instance=100, value=4.0))  # late: dropped, counted
+    deadline = time.monotonic() + 5
+    while collector.orphaned < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert collector.orphaned == 1 and collector._n_held == 1
+    series, summary = _series_and_summary(5, 2, instance=200)
+    ingest.send_multipart(series)
+    worker.send_multipart(_result(5, 0, instance=200, value=5.0))
+    worker.send_multipart(_result(5, 0, instance=100, value=6.0))  # late again, while the new one is open
+    ingest.send_multipart(summary)
+    second = outcomes.get(timeout=10)
+    assert second.results == 2 and second.info.instance == 200 and collector.orphaned == 2
+    np.testing.assert_array_equal(second.maps.values["saxs_intensity"].ravel()[:2], [5.0, 2.0])

@@ -187,12 +187,13 @@ def _result(router, pull):
 def test_worker_analyses_a_stored_frame_as_the_same_frame_received(reading_worker):
     worker, identity, router, pull, store = reading_worker
     image = _image(2)
-    router.send_multipart([identity, *wire.encode_frame(image, received_ns=0)])
+    router.send_multipart([identity, *wire.encode_frame(image, received_ns=0, series_instance=41)])
     received = _result(router, pull)
     location = store.add(image)
-    router.send_multipart([identity, *wire.encode_stored_frame(image, 0, location.as_dict())])
+    router.send_multipart([identity, *wire.encode_stored_frame(image, 0, location.as_dict(), series_instance=42)])
     stored = _result(router, pull)
     assert received[0]["error"] is None and stored[0]["error"] is None
+    assert (received[0]["series_instance"], stored[0]["series_instance"]) == (41, 42)
     assert np.array_equal(received[1], stored[1], equal_nan=True) and np.array_equal(received[2], stored[2])
     assert np.isfinite(stored[1]).any()
 

@@ -140,6 +140,27 @@ def test_series_flows_to_worker_and_accounting_reaches_collector(harness_factory
     assert any("JSON" in reason for reason in summary["reasons"]), summary["reasons"]
 
 
+def test_every_message_of_a_series_names_its_instance(harness_factory):
+    """Frames and the series end carry the instance of their series message; each series the
+    ingest opens has a larger one (a detector series id can come back after a restart)."""
+    harness = harness_factory()
+    worker = harness.add_worker(credits=10)
+    instances = []
+    for _ in range(2):  # the same detector series id twice
+        harness.send(encode_v1_start(start_message(n_images=1)))
+        harness.send(encode_v1_image(image_message(0)))
+        harness.send(encode_v1_end(SeriesEnd(series_id=7)))
+        info = wire.SeriesInfo.from_dict(wire.loads(receive(worker)[1]))
+        meta, _ = wire.decode_frame(receive(worker))
+        kind, end = receive(worker)
+        assert kind == wire.SERIES_END and wire.loads(end)["series_instance"] == info.instance
+        assert meta["series_instance"] == info.instance
+        worker.send_multipart([wire.CREDIT])
+        instances.append(info.instance)
+        assert harness.collect(wire.SERIES)[0] == wire.SERIES
+    assert isinstance(instances[0], int) and instances[1] > instances[0]
+
+
 def test_frames_go_only_to_workers_with_credit_and_late_worker_gets_header(harness_factory):
     harness = harness_factory()
     first = harness.add_worker(credits=1)
