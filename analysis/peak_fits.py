@@ -45,6 +45,10 @@ def _float_array(value, shape, name):
     return array
 
 
+_COLUMN_INDEX: dict[tuple, tuple[np.ndarray, bool]] = {}
+"""(peak names of a PeakFits, names asked for) -> (their column indices, -1 where absent; all present)."""
+
+
 @dataclass(frozen=True, eq=False)
 class PeakFits:
     """Fitted peaks of one or many frames.
@@ -147,10 +151,17 @@ class PeakFits:
         return self._columns(self._present, names, False)
 
     def _columns(self, array: np.ndarray, names, missing) -> np.ndarray:
-        index = [self._index.get(name, -1) for name in names]
-        if all(i >= 0 for i in index):
+        key = (self.names, tuple(names))
+        cached = _COLUMN_INDEX.get(key)
+        if cached is None:
+            if len(_COLUMN_INDEX) > 1024:  # bounded: a peak model asks for a few dozen
+                _COLUMN_INDEX.clear()
+            index = np.array([self._index.get(name, -1) for name in key[1]], dtype=np.intp)
+            cached = _COLUMN_INDEX[key] = (index, bool((index >= 0).all()))
+        index, complete = cached
+        if complete:
             return array[..., index]
-        out = np.full(self.frame_shape + (len(index),), missing, dtype=array.dtype)
+        out = np.full(self.frame_shape + (index.size,), missing, dtype=array.dtype)
         for k, i in enumerate(index):
             if i >= 0:
                 out[..., k] = array[..., i]
