@@ -146,7 +146,7 @@ class FrameStore:
         self.keep_series = keep_series
         self.header_source = header_source
         self.max_series_bytes = max_series_bytes
-        self._series: OrderedDict[int, _SeriesFile] = OrderedDict()
+        self._series: OrderedDict[int | tuple, _SeriesFile] = OrderedDict()  # ("replaced", generation): see begin_series
         self._lock = threading.Lock()
         self._closed = False
         self._unstorable: set[int] = set()
@@ -199,6 +199,17 @@ class FrameStore:
             series.index[frame.frame_index] = (offset, meta)
             series.size += n_bytes
             return StoredLocation(series.path, series.generation, offset, n_bytes)
+
+    def begin_series(self, series_id: int) -> None:
+        """A new series of this id begins (the ingest opened it): what the store keeps of an
+        earlier one with the same id (a detector restarted numbers from 1 again) is no longer
+        found by that id, so its frames and header are never served as the new series'. Its
+        file stays until it is the oldest (frames of it may still be on their way to workers)."""
+        with self._lock:
+            self._unstorable.discard(series_id)
+            old = self._series.pop(series_id, None)
+            if old is not None:
+                self._series[("replaced", old.generation)] = old
 
     def _open(self, series_id: int) -> _SeriesFile:
         recycled = None
@@ -270,7 +281,7 @@ class FrameStore:
     def series_ids(self) -> list[int]:
         """Kept series, oldest first."""
         with self._lock:
-            return list(self._series)
+            return [key for key in self._series if isinstance(key, int)]
 
     def frame_indices(self, series_id: int) -> list[int]:
         with self._lock:

@@ -291,6 +291,8 @@ class Ingest(LoopThread):
         self._last_instance = max(self._last_instance + 1, time.time_ns())
         self.series_instance = self._last_instance
         info = dataclasses.replace(info, instance=self.series_instance)
+        if self.frame_store is not None:
+            self.frame_store.begin_series(info.series_id)
         self.accounting = SeriesAccounting(info.series_id, info.n_images)
         for reason, count in self.orphans.items():
             self.accounting.malformed += count

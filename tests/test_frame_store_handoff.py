@@ -79,6 +79,27 @@ def test_a_payload_overwritten_while_it_is_read_is_an_error(tmp_path, monkeypatc
     store.close()
 
 
+def test_a_series_id_used_again_is_a_new_series_and_the_old_frames_stay_readable(tmp_path):
+    """A detector restarted numbers its series from 1 again: the store no longer serves the
+    earlier series' frames under that id, yet keeps them for workers still reading them."""
+    store = FrameStore(directory=str(tmp_path))
+    store.add(_frame(1, 0, _payload(1, 0)))
+    earlier = store.add(_frame(2, 0, _payload(2, 0)))
+    store.begin_series(2)
+    assert store.series_ids() == [1] and store.get(2, 0) is None and store.frame_indices(2) == []
+    later = store.add(_frame(2, 0, b"the new series 2"))
+    assert store.series_ids() == [2] and store.get(2, 0)[1] == b"the new series 2"
+    assert later.path != earlier.path  # the oldest file (series 1) was the one recycled
+    reader = StoredPayloadReader()
+    assert bytes(reader.read(earlier)) == _payload(2, 0) and bytes(reader.read(later)) == b"the new series 2"
+    assert len(store.paths()) == 2
+    store.add(_frame(3, 0, b"three"))  # now the earlier series 2 is the oldest: its file is recycled
+    with pytest.raises(StoredPayloadGone):
+        reader.read(earlier)
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_reused_path_is_reopened(tmp_path):
     """A descriptor kept open on a file the store deleted, whose path a new store's file took."""
     old = FrameStore(directory=str(tmp_path))
@@ -148,6 +169,18 @@ def test_ingest_sends_locations_only_to_workers_that_read_the_store(ingest_with_
     assert "stored" not in meta and payload == image_message(meta["frame_index"]).payload
     summary = wire.loads(harness.collect(wire.SUMMARY)[1])
     assert summary["received"] == 2 and summary["forwarded"] == 2
+
+
+def test_ingest_starts_a_new_stored_series_when_a_series_id_comes_again(ingest_with_store):
+    harness, store = ingest_with_store
+    worker = harness.add_worker(credits=10)
+    for _ in range(2):
+        harness.send(encode_v1_start(start_message(n_images=1)))
+        harness.send(encode_v1_image(image_message(0)))
+        harness.send(encode_v1_end_for(7))
+        harness.collect(wire.SUMMARY)
+    assert store.series_ids() == [7] and len(store.paths()) == 2  # the earlier series 7 kept apart
+    assert receive(worker)[0] == wire.SERIES
 
 
 def encode_v1_end_for(series_id: int) -> list:
