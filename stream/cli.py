@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="map snapshot PUB endpoint for viewers; 'none' to publish no maps (files only)")
     serve.add_argument("--detail", default="tcp://127.0.0.1:5558",
                        help="frame-detail endpoint for viewers (raw frame and fits of a scan point); 'none' "
-                            "to switch it off, and with it the frame store (no payloads written to disk)")
+                            "to switch it off, and with it the frame store (no payloads written to disk; the "
+                            "workers then receive every payload over the network)")
     serve.add_argument("--frame-store-dir", type=Path, default=None,
                        help="where the frame store keeps the compressed payloads of the current and the "
                             "previous series for the frame-detail endpoint (default: the system temporary "
