@@ -45,6 +45,11 @@ def _float_array(value, shape, name):
     return array
 
 
+def _check_quantity(quantity: str) -> None:
+    if quantity not in PEAK_QUANTITIES and quantity not in PEAK_ERRORS:
+        raise ConfigurationError(f"unknown peak quantity {quantity!r}; known: {PEAK_QUANTITIES + PEAK_ERRORS}")
+
+
 _COLUMN_INDEX: dict[tuple, tuple[np.ndarray, bool]] = {}
 """(peak names of a PeakFits, names asked for) -> (their column indices, -1 where absent; all present)."""
 
@@ -130,8 +135,7 @@ class PeakFits:
         name : str
             Peak name.
         """
-        if quantity not in PEAK_QUANTITIES and quantity not in PEAK_ERRORS:
-            raise ConfigurationError(f"unknown peak quantity {quantity!r}; known: {PEAK_QUANTITIES + PEAK_ERRORS}")
+        _check_quantity(quantity)
         if name not in self._index:
             return np.full(self.frame_shape, np.nan)
         return getattr(self, quantity)[..., self._index[name]]
@@ -142,8 +146,7 @@ class PeakFits:
         One indexing instead of a stack of ``len(names)`` views (the derived quantities ask for
         such stacks ~30 times per frame).
         """
-        if quantity not in PEAK_QUANTITIES and quantity not in PEAK_ERRORS:
-            raise ConfigurationError(f"unknown peak quantity {quantity!r}; known: {PEAK_QUANTITIES + PEAK_ERRORS}")
+        _check_quantity(quantity)
         return self._columns(getattr(self, quantity), names, np.nan)
 
     def present_columns(self, names) -> np.ndarray:

@@ -105,8 +105,7 @@ class Ingest(LoopThread):
         self._series_lean_parts: list[bytes] | None = None
         self._series_digest: str | None = None
         self._store_readers: set[bytes] = set()  # workers that read payloads from the frame store
-        self._last_instance = 0
-        self.series_instance: int | None = None  # SeriesInfo.instance of the open series
+        self.series_instance: int | None = None  # SeriesInfo.instance of the last series opened
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -288,8 +287,7 @@ class Ingest(LoopThread):
             self.accounting.record_malformed(item.reason)
 
     def _open_series(self, info: wire.SeriesInfo, mask) -> None:
-        self._last_instance = max(self._last_instance + 1, time.time_ns())
-        self.series_instance = self._last_instance
+        self.series_instance = max((self.series_instance or 0) + 1, time.time_ns())
         info = dataclasses.replace(info, instance=self.series_instance)
         if self.frame_store is not None:
             self.frame_store.begin_series(info.series_id)
