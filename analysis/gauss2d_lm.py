@@ -44,7 +44,9 @@ Algorithm (``fit_window_kernel``)
   covariance at an interior optimum exactly that of the unconstrained problem.
 * Converged when an accepted step lowers the merit by at most ``ftol`` relative, or moves the
   parameters by at most ``xtol`` in units of their standard errors
-  (``sqrt(sum delta_k^2 D_k)``), or when a rejected step was predicted to gain at most
+  (``sqrt(sum delta_k^2 D_k)``; for Poisson such a step is taken without evaluating the
+  deviance there, since it changes it by ~xtol^2: the Fisher information for the errors is
+  evaluated at that point, and the step is undone if the model is not feasible there), or when a rejected step was predicted to gain at most
   ``ftol`` relative (the minimum is reached to rounding; a step that clipping at a bound
   made predict a loss only raises ``lambda``). ``max_iterations`` bounds the
   number of attempted steps.
@@ -334,8 +336,10 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, offset, points, var_
     information: the caller evaluates the Fisher matrix for the errors). ``means`` (2,
     POINT_ROWS, n_bins) scratch holds the bins' state (Poisson means, their inverses, at
     points the peak shape) of the current iterate (``means[current]``) and of the trial
-    point. Returns (converged, merit, chi2, n_iterations, current); merit and chi2 are inf if
-    ``p`` could not be evaluated.
+    point. Returns (converged, merit, chi2, n_iterations, current, step_pending); merit and
+    chi2 are inf if ``p`` could not be evaluated. ``step_pending`` (Poisson only): the last
+    step, at most ``xtol`` standard errors, was not evaluated; its point is in
+    ``vecs[_TRIAL]`` and ``p`` is still the point before it (merit and chi2 are p's).
     """
     a_mat = mats[_A]
     a_trial = mats[_A_TRIAL]
@@ -353,7 +357,7 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, offset, points, var_
                             at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, row, a_mat, g, True,
                             False, means[1], means[0], False, usable)
     if not math.isfinite(merit):
-        return False, merit, chi2, 0, current
+        return False, merit, chi2, 0, current, False
     for k in range(N_PARAMS):
         scale[k] = a_mat[k, k]
     lam = LAMBDA_START
@@ -384,6 +388,10 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, offset, points, var_
             trial[k] = min(max(p[k] + delta[k], lower[k]), upper[k])
             delta[k] = trial[k] - p[k]
             step2 += delta[k] * delta[k] * scale[k]
+        if poisson and math.sqrt(step2) <= xtol:
+            # changes the deviance by ~xtol^2: the caller evaluates the Fisher information at
+            # ``trial`` anyway, which tells whether the model is feasible there
+            return True, merit, chi2, n_iterations, current, True
         predicted = 0.0
         for a in range(N_PARAMS):
             predicted += 2.0 * delta[a] * g[a]
@@ -421,7 +429,32 @@ def _levenberg_marquardt(poisson, p, mean_counts, variance, offset, points, var_
                 break
             if lam > LAMBDA_MAX:
                 break
-    return converged, merit, chi2, n_iterations, current
+    return converged, merit, chi2, n_iterations, current, False
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _fisher_at_optimum(p, step_pending, mean_counts, variance, offset, points, var_q, var_chi,
+                       at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, mats, vecs, means,
+                       current, usable):
+    """Poisson: the Fisher information (into ``mats[_A]``, the score into ``vecs[_G]``) and
+    Pearson's chi2 (returned) at the optimum. With ``step_pending`` (the last LM step, in
+    ``vecs[_TRIAL]``, was not evaluated) that is the step's point, which then goes to ``p``,
+    when the model is feasible there; else ``p`` stays as it is and they are evaluated at
+    ``p``. ``means[current]`` is the state at ``p`` (the deviance's reference)."""
+    chi2 = np.inf
+    if step_pending:
+        _, chi2 = _evaluate(True, vecs[_TRIAL], mean_counts, variance, offset, points, var_q,
+                            var_chi, at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW],
+                            mats[_A], vecs[_G], False, True, means[current], means[1 - current],
+                            False, usable)
+        if math.isfinite(chi2):
+            p[:] = vecs[_TRIAL]
+    if not math.isfinite(chi2):
+        _, chi2 = _evaluate(True, p, mean_counts, variance, offset, points, var_q, var_chi,
+                            at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A],
+                            vecs[_G], False, True, means[current], means[1 - current], False,
+                            usable)
+    return chi2
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -490,18 +523,16 @@ def fit_window_kernel(mean_counts, variance, exposure, offset, poisson, points, 
                                       lower, upper):
         raw_out[:] = p
         return _NOT_CONVERGED, np.nan, 0
-    converged, merit, chi2, n_iterations, current = _levenberg_marquardt(
+    converged, merit, chi2, n_iterations, current, step_pending = _levenberg_marquardt(
         poisson, p, mean_counts, variance, offset, points, var_q, var_chi, at_points, q_nm,
         chi_deg, q_mid, lower, upper, max_iterations, ftol, xtol, exp_q, exp_chi, mats, vecs,
         means, usable)
     if not math.isfinite(merit):
         return _INVALID_INPUT, np.nan, 0
     if poisson:
-        # errors from the Fisher information at the optimum
-        _, chi2 = _evaluate(True, p, mean_counts, variance, offset, points, var_q, var_chi,
-                            at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, vecs[_ROW], mats[_A],
-                            vecs[_G], False, True, means[current], means[1 - current], False,
-                            usable)
+        chi2 = _fisher_at_optimum(p, step_pending, mean_counts, variance, offset, points, var_q,
+                                  var_chi, at_points, q_nm, chi_deg, q_mid, exp_q, exp_chi, mats,
+                                  vecs, means, current, usable)
 
     a_mat = mats[_A]
     damped = mats[_M]

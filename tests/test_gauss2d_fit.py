@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from analysis.errors import ConfigurationError
 from analysis.gauss2d_fit import (FitSettings, PreparedFit, default_bounds, fit_windows, fit_windows_into,
                                   warm_up)
-from analysis.gauss2d_lm import cholesky_factor, cholesky_solve
+from analysis.gauss2d_lm import _A, _G, _TRIAL, _fisher_at_optimum, cholesky_factor, cholesky_solve
 from analysis.gauss2d_model import (FWHM_PER_SIGMA, N_PARAMS, chi2_normal_equations,
                                     fit_window_curve_fit, fit_window_poisson_reference,
                                     fwhm_from_sigma, gauss2d_jacobian, gauss2d_model,
@@ -239,6 +239,33 @@ def _separable_poisson_call(y, v, e, o, q, chi, newton=False):
             np.empty(7), matrix, gradient, True, False, means[0], means[1], 2e-4, 0.3, newton)
         return merit, matrix.copy(), gradient.copy()
     return call
+
+
+def test_errors_come_from_the_last_step_point_only_where_the_model_is_feasible():
+    """The fit's last step (at most ``xtol`` standard errors) is not evaluated before the
+    Fisher information of the errors: that goes to the step's point when the Poisson model is
+    feasible there (the point becomes the result), else to the point before it, unchanged."""
+    p, y, v, e, o, q, chi, _ = _poisson_window(layout=WAXS)
+    usable = np.where(poisson_valid_bins(y, v, e, o), e, 0.0)
+    points = np.zeros((4,) + y.shape)
+    exp_q, exp_chi = np.empty(N_Q), np.empty((6, N_CHI))
+    mats, vecs = np.zeros((4, 7, 7)), np.zeros((8, 7))
+    means = np.zeros((2, POINT_ROWS, y.size))
+    poisson_normal_equations_kernel(p, y, usable, o, q, chi, q_mid_of(q), exp_q, exp_chi, np.empty(7),
+                                    mats[_A], vecs[_G], False, False, means[1], means[0], 2e-4, 0.3)
+    step = p * [1 + 1e-6, 1, 1, 1, 1, 1 + 1e-6, 1]
+    infeasible = p.copy()
+    infeasible[5] = -10.0
+    for pending, trial, expected in ((True, step, step), (True, infeasible, p), (False, step, p)):
+        result = p.copy()
+        vecs[_TRIAL] = trial
+        chi2 = _fisher_at_optimum(result, pending, y, v, o, points, 2e-4, 0.3, False, q, chi, q_mid_of(q),
+                                  exp_q, exp_chi, mats, vecs, means, 0, usable)
+        np.testing.assert_array_equal(result, expected)
+        _, pearson, fisher, score = poisson_deviance_terms(expected, y, v, e, o, q, chi, broadening=(2e-4, 0.3))
+        assert chi2 == pytest.approx(pearson, rel=1e-11)
+        np.testing.assert_allclose(mats[_A], fisher, rtol=1e-9, atol=1e-11 * np.abs(fisher).max())
+        np.testing.assert_allclose(vecs[_G], score, rtol=1e-8, atol=1e-10 * np.abs(score).max())
 
 
 def test_newton_matrix_is_the_hessian_of_the_deviance():
