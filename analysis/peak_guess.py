@@ -265,9 +265,10 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
         for j in range(n_chi):
             y = mean_counts[i, j]
             v = variance[i, j]
-            if math.isfinite(y) and math.isfinite(v) and v > 0.0:
-                n_valid += 1
-                sum_variance += v
+            # selects, not branches: scattered invalid bins made a branch mispredict
+            valid = math.isfinite(y) and math.isfinite(v) and v > 0.0
+            n_valid += 1 if valid else 0
+            sum_variance += v if valid else 0.0
 
     # 2. background line from the two halves of the border ring
     b0 = 0.0
@@ -298,12 +299,17 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
     for i in range(n_q):
         _three_row_sums(sort_buffer, variance, i, n_q, n_chi, row_scratch)
         _smoothed_row(sort_buffer, i, n_chi, row_scratch)
+        row_best = -np.inf  # (a row without a bin above ``best`` is not searched: fewer branches)
         for j in range(n_chi):
             smoothed = row_scratch[2, j]
-            if smoothed > best:
-                best = smoothed
-                i_max = i
-                j_max = j
+            row_best = smoothed if smoothed > row_best else row_best
+        if row_best > best:
+            for j in range(n_chi):
+                smoothed = row_scratch[2, j]
+                if smoothed > best:
+                    best = smoothed
+                    i_max = i
+                    j_max = j
 
     # 4. moments around the maximum, twice
     span_q = n_q * dq
