@@ -10,9 +10,11 @@ the ingest, a PULL for the collector) on the small test detector.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
+import zmq
 
 from analysis.status import Status
 from stream import wire
@@ -53,16 +55,29 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     original = analyzer.analyse_regrouped
     exploding = counts_of(4)  # frame 4 makes any analysis that includes it raise
 
+    sockets = {}
+    original_handle = worker._handle
+
+    def handle(messages, dealer, results):
+        sockets["dealer"] = dealer
+        return original_handle(messages, dealer, results)
+
     def recording(n_frames, values, statuses, accumulate=True, first=0):
         if armed.is_set():
             batch_sizes.append(n_frames)
-            release.wait(TIMEOUT_MS / 1000)  # hold the first batch until every frame is queued
+            if len(batch_sizes) == 1:  # hold the first batch until the other frames are queued here
+                release.wait(TIMEOUT_MS / 1000)
+                # (this thread owns the socket) the next frame has arrived, and the rest of the
+                # burst, sent before it, with it or right after (a margin for a loaded machine)
+                assert sockets["dealer"].poll(TIMEOUT_MS, zmq.POLLIN)
+                time.sleep(0.2)
             slots = analyzer.batch.slots[first:first + n_frames]
             if any(slot.saxs_n_valid and slot.saxs_sum == exploding * slot.saxs_n_valid for slot in slots):
                 raise RuntimeError("fit exploded")
         return original(n_frames, values, statuses, accumulate=accumulate, first=first)
 
     analyzer.analyse_regrouped = recording
+    worker._handle = handle
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     identity, kind, ready = router.recv_multipart()
