@@ -77,9 +77,9 @@ class FitSettings:
             "min_valid_bins": self.min_valid_bins >= 0,
         }
         for name, ok in checks.items():
-            if not ok or (getattr(self, name) is not None and not np.isfinite(getattr(self, name))):
-                raise ConfigurationError(
-                    f"fit setting {name}={getattr(self, name)!r} is out of range")
+            value = getattr(self, name)
+            if not ok or (value is not None and not np.isfinite(value)):
+                raise ConfigurationError(f"fit setting {name}={value!r} is out of range")
 
 
 @dataclass

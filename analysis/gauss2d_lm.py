@@ -46,8 +46,8 @@ Algorithm (``fit_window_kernel``)
   parameters by at most ``xtol`` in units of their standard errors
   (``sqrt(sum delta_k^2 D_k)``; for Poisson such a step is taken without evaluating the
   deviance there, since it changes it by ~xtol^2: the Fisher information for the errors is
-  evaluated at that point, and the step is undone if the model is not feasible there), or when a rejected step was predicted to gain at most
-  ``ftol`` relative (the minimum is reached to rounding; a step that clipping at a bound
+  evaluated at that point, and the step is undone if the model is not feasible there), or
+  when a rejected step was predicted to gain at most ``ftol`` relative (the minimum is reached to rounding; a step that clipping at a bound
   made predict a loss only raises ``lambda``). ``max_iterations`` bounds the
   number of attempted steps.
 * Errors: ``sqrt(diag((J^T W J)^-1))`` at the optimum (the inverse Fisher information for
