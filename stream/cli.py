@@ -17,9 +17,11 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import logging
 import queue
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -499,9 +501,17 @@ COMMANDS = {"demo": command_demo, "replay": command_replay, "serve": command_ser
             "view": command_view}
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    # a supervisor (systemd, a beamline's process manager, ``kill``) stops the service with
+    # SIGTERM: shut down as on Ctrl-C (workers stopped, sockets closed), not mid-way
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
     try:
         return COMMANDS[args.command](args)
     except BraggmapError as exc:
@@ -509,6 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class Service:
                 max_batch=config.worker_max_batch,
                 name=f"worker-{index}",
                 read_frame_store=self.frame_store is not None,  # same host: read payloads from the store
+                parent_pid=os.getpid(),
             )
             process = context.Process(target=run_worker_process, args=(worker_config,),
                                       name=f"braggmap-worker-{index}", daemon=True)

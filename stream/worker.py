@@ -51,6 +51,10 @@ class WorkerConfig:
     read_frame_store: bool = False
     """Read payloads from the ingest's frame store (only for a worker on the ingest's host)
     instead of receiving them; the worker falls back to receiving them if it cannot open a file."""
+    parent_pid: int | None = None
+    """Pid of the service that started this worker process: the worker stops once its parent
+    is no longer that process (the service was killed), so no worker outlives its service.
+    None for a worker started on its own (``braggmap worker``) or run in a thread."""
 
 
 class Worker:
@@ -88,6 +92,10 @@ class Worker:
         try:
             while not self._stop.is_set():
                 if not dealer.poll(100, zmq.POLLIN):
+                    if self._service_gone():
+                        log.warning("worker %s: its service (pid %d) is gone; stopping", self.name,
+                                    self.config.parent_pid)
+                        break
                     continue
                 waiting = [dealer.recv_multipart(copy=False)]
                 # batch what is already queued (never wait for more), up to max_batch frames
@@ -100,6 +108,10 @@ class Worker:
             results.close()
             if self._stored is not None:
                 self._stored.close()
+
+    def _service_gone(self) -> bool:
+        """Whether the process that started this worker has ended (its parent pid changed)."""
+        return self.config.parent_pid is not None and os.getppid() != self.config.parent_pid
 
     def _announcement(self, credits: int) -> bytes:
         return wire.dumps({"credits": credits, "worker": self.name, "reads_frame_store": self._stored is not None})
