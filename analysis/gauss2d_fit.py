@@ -158,6 +158,9 @@ def default_bounds(q_centres_nm, chi_centres_deg) -> tuple[np.ndarray, np.ndarra
 def _float64_array(name: str, value, shape: tuple[int, ...]) -> np.ndarray:
     """``value`` as a C-contiguous float64 array of ``shape`` (broadcast), or a ValueError."""
     array = np.asarray(value)
+    if (array.dtype == np.float64 and array.shape == shape and array.flags.c_contiguous
+            and array.flags.writeable):
+        return array                                             # the per-frame case: no copy
     if array.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers, not dtype {array.dtype}")
     try:

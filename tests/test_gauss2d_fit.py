@@ -880,6 +880,20 @@ def test_prepared_fit_reruns_give_the_one_shot_results_and_check_each_call():
         for name in ("params", "errors", "status", "n_iterations"):
             np.testing.assert_array_equal(out[name], getattr(fresh, name), err_msg=name)
         np.testing.assert_array_equal(prepared.raw_params, fresh.raw_params)
+    # writable C-contiguous float64 inputs are passed as they are; read-only or
+    # non-contiguous ones are copied: the same fits either way, and no input is written to
+    reference = {name: value.copy() for name, value in out.items()}
+    frozen = [a.copy() for a in (y, v, exposure)]
+    for a in frozen:
+        a.setflags(write=False)
+    strided = [np.repeat(a, 2, axis=-1)[..., ::2] for a in (y, v, exposure)]
+    for inputs in (frozen, strided, [np.asfortranarray(y), v, exposure]):
+        before = [a.copy() for a in inputs]
+        prepared.run(inputs[0], inputs[1], **out, exposure=inputs[2])
+        for name in ("params", "errors", "status"):
+            np.testing.assert_array_equal(out[name], reference[name], err_msg=name)
+        for a, b in zip(inputs, before):
+            np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="needs exposure"):
         prepared.run(y, v, **out)
     with pytest.raises(ValueError, match="mean_counts"):
