@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import struct
 import tempfile
 import threading
@@ -43,6 +44,62 @@ FILE_MAGIC = b"BRAGGMAP-FRAMES1"
 _FILE_HEADER = struct.Struct("<16sQ")  # magic, generation
 DATA_START = 4096
 """Offset of the first payload in a store file (after the file header; page-aligned)."""
+
+FILE_PREFIX = "braggmap-frames-"
+"""Store files are named ``braggmap-frames-<host>-<pid>-<random>.bin``: the host and process
+that wrote them, so that a store can tell the files left by a killed service (below)."""
+
+
+def _host_prefix() -> str:
+    """``braggmap-frames-<host>-``; the host name without "-" so that it cannot run into the pid."""
+    host = "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())
+    return f"{FILE_PREFIX}{host}-"
+
+
+def _file_prefix() -> str:
+    return f"{_host_prefix()}{os.getpid()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def remove_stale_files(directory: str) -> list[str]:
+    """Delete the store files in ``directory`` that a process of this host left behind when it
+    ended without closing its store (killed, crashed): a series' file can hold gigabytes.
+
+    Only files named by this host whose process is gone are deleted; files of live processes
+    and of other hosts (a shared directory) are kept. Returns the paths deleted.
+    """
+    host_prefix = _host_prefix()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(host_prefix) and name.endswith(".bin")):
+            continue
+        pid_text = name[len(host_prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            log.warning("frame store: cannot delete %s, left by ended process %s: %s", path, pid_text, exc)
+            continue
+        removed.append(path)
+    if removed:
+        log.warning("frame store: deleted %d file(s) left in %s by ended braggmap processes", len(removed),
+                    directory)
+    return removed
 
 
 @dataclass(frozen=True)
@@ -123,7 +180,8 @@ class FrameStore:
     ----------
     directory : str, optional
         Where the temporary files go (default: the system temporary folder); it must be a
-        writable directory (else ``ConfigurationError``).
+        writable directory (else ``ConfigurationError``). Files that ended processes of this
+        host left there are deleted (:func:`remove_stale_files`).
     keep_series : int
         Series kept (2: the current and the previous one); older ones are deleted.
     header_source : callable, optional
@@ -151,6 +209,7 @@ class FrameStore:
         self._closed = False
         self._unstorable: set[int] = set()
         self._generations = secrets.randbits(62)  # unique across stores: a path may be reused
+        remove_stale_files(directory if directory is not None else tempfile.gettempdir())
 
     # -- writing (ingest thread) --------------------------------------------------------------
     def add(self, frame: ImageFrame) -> StoredLocation | None:
@@ -223,7 +282,7 @@ class FrameStore:
             # a new file's cost the ingest ~4x more per write (~0.9 ms per 4M frame under load)
             path, fd = recycled.path, recycled.fd
         else:
-            fd, path = tempfile.mkstemp(prefix="braggmap-frames-", suffix=".bin", dir=self.directory)
+            fd, path = tempfile.mkstemp(prefix=_file_prefix(), suffix=".bin", dir=self.directory)
         self._generations += 1
         try:  # before any payload of the new series: readers of the old one see it changed
             os.pwrite(fd, _FILE_HEADER.pack(FILE_MAGIC, self._generations), 0)

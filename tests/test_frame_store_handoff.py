@@ -35,6 +35,35 @@ def _payload(series_id: int, index: int) -> bytes:
     return np.random.default_rng(1000 * series_id + index).bytes(500 + 37 * index)
 
 
+def test_files_left_by_a_killed_process_are_deleted_and_no_others(tmp_path):
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, signal, sys; sys.path.insert(0, os.getcwd())\n"
+        "from stream.frame_store import FrameStore\n"
+        "from stream.messages import ImageFrame\n"
+        f"store = FrameStore(directory={str(tmp_path)!r})\n"
+        "store.add(ImageFrame(1, 0, (2, 3), 'uint16', 'none', b'x' * 4000, 2))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")], cwd=os.getcwd(), stderr=subprocess.PIPE, text=True)
+    _, errors = writer.communicate(timeout=120)
+    assert writer.returncode == -9, errors
+    left = [name for name in os.listdir(tmp_path) if name.startswith("braggmap-frames-")]
+    assert len(left) == 1 and f"-{writer.pid}-" in left[0], left
+    live = FrameStore(directory=str(tmp_path))
+    live.add(_frame(1, 0, _payload(1, 0)))
+    (live_name,) = [name for name in os.listdir(tmp_path) if name not in left]
+    kept = {live_name, "braggmap-frames-other_host-1-abc.bin", "braggmap-frames-notes.txt", "results.h5"}
+    for name in kept - {live_name}:
+        (tmp_path / name).write_bytes(b"keep")
+    other = FrameStore(directory=str(tmp_path))  # a second service on the same directory
+    assert set(os.listdir(tmp_path)) == kept
+    assert live.add(_frame(1, 1, _payload(1, 1))) is not None  # the live store's file is untouched
+    other.close()
+    live.close()
+    assert live_name not in os.listdir(tmp_path)
+
+
 # -- the store's files, read from another process's point of view --------------------------------
 def test_reader_gets_exactly_the_stored_payloads(tmp_path):
     store = FrameStore(directory=str(tmp_path))
