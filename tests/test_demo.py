@@ -27,6 +27,21 @@ def test_worker_refuses_a_batch_or_credits_below_one():
         assert result.returncode != 0 and "must be >= 1" in result.stderr, result.stderr[-2000:]
 
 
+def test_workers_default_to_one_per_available_core_and_bad_counts_are_refused(monkeypatch):
+    from stream import cli
+
+    parser = cli.build_parser()
+    for cores, expected in ((1, 1), (2, 2), (64, cli.MAX_AUTO_WORKERS)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cores: set(range(n)), raising=False)
+        for argv in (["serve", "--detector", "tcp://127.0.0.1:9"], ["demo", "--workers", "auto"],
+                     ["replay", "scan_master.h5"]):
+            assert parser.parse_args(argv).workers == expected, (argv, cores)
+    assert parser.parse_args(["demo", "--workers", "3"]).workers == 3
+    for bad, message in (("0", "at least 1 worker"), ("many", "number of workers or 'auto'")):
+        result = subprocess.run([*BRAGGMAP, "demo", "--workers", bad], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
 def test_demo_streams_the_synthetic_scan_through_the_service(tmp_path):
     environment = dict(os.environ, BRAGGMAP_CACHE=str(tmp_path / "cache"))
     environment.pop("DISPLAY", None)
