@@ -17,6 +17,7 @@ service.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_HELD_MESSAGES = 4096
 """Messages of series not opened yet held at most (beyond: dropped and counted)."""
+IDLE_POLL_MS = 100
+"""Longest wait for a message between the loop's checks (series completion, held messages)."""
 
 
 @dataclass
@@ -147,7 +150,7 @@ class Collector(LoopThread):
     def run(self) -> None:
         try:
             while not self._stop.is_set():
-                if self.socket.poll(100, zmq.POLLIN):
+                if self.socket.poll(self._poll_timeout_ms(), zmq.POLLIN):
                     for _ in range(256):
                         try:
                             parts = self.socket.recv_multipart(zmq.NOBLOCK)
@@ -164,6 +167,11 @@ class Collector(LoopThread):
             self.socket.close(linger=0)
             if self.publisher is not None:
                 self.publisher.close()
+
+    def _poll_timeout_ms(self) -> int:
+        """Idle wait: 100 ms, or less when the publisher holds back results that fall due sooner."""
+        due = None if self.publisher is None else self.publisher.seconds_until_due(self.series)
+        return IDLE_POLL_MS if due is None else min(IDLE_POLL_MS, math.ceil(due * 1000.0))
 
     def handle(self, parts: list[bytes]) -> None:
         """Apply one message (public so tests can drive the collector without a thread)."""

@@ -236,6 +236,15 @@ class MapPublisher:
             if self._send(self._newest):
                 self.repeats += 1
 
+    def seconds_until_due(self, series: dict) -> float | None:
+        """Seconds until :meth:`maybe_publish` sends results it holds back now (0 when it would
+        send them at once), None when every series' results are published. The owner's loop
+        waits at most this long, so held-back points go out one pixel interval after the
+        previous message, not at the loop's next idle wake-up."""
+        if all(self._published_results.get(series_id) == state.results for series_id, state in series.items()):
+            return None
+        return max(0.0, self._last_pixels + self.pixel_interval_s - time.monotonic())
+
     def publish_now(self, series_id: int, state, final: bool = True) -> None:
         """Publish a full snapshot of a series now (``final`` marks its last one)."""
         version = self._versions.get(series_id, 0) + 1

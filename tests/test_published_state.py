@@ -257,3 +257,77 @@ def test_a_subscriber_holds_the_newest_states_of_a_few_series_only():
     finally:
         pub.close(linger=0)
         subscriber.close()
+
+
+def _result(series_id: int, k: int) -> list[bytes]:
+    return wire.encode_result({"series_id": series_id, "frame_index": k}, np.array([10.0 * k, 1.5]),
+                              np.zeros(2, np.int32))
+
+
+def test_the_collector_waits_no_longer_than_the_held_back_points_need():
+    """Results that arrive within a pixel interval of the previous message are held back; the
+    collector's idle wait then ends when they fall due, not after its full 100 ms."""
+    collector = Collector("tcp://127.0.0.1:0", PARAMETERS, lambda outcome: None,
+                          publish_endpoint="tcp://127.0.0.1:0")
+    try:
+        collector.publisher.pixel_interval_s = 0.05
+        info = wire.SeriesInfo(4, "v2", 8, (4, 4), "uint32", None, None, None, None, None)
+        assert collector._poll_timeout_ms() == 100  # no series
+        collector.handle(wire.encode_series(info, None))
+        assert collector._poll_timeout_ms() == 0  # its empty map is published at once
+        collector.publisher.maybe_publish(collector.series)
+        assert collector._poll_timeout_ms() == 100  # nothing new
+        time.sleep(0.06)
+        collector.handle(_result(4, 0))
+        assert collector.publisher.seconds_until_due(collector.series) == 0.0
+        collector.publisher.maybe_publish(collector.series)
+        assert collector.publisher.seconds_until_due(collector.series) is None
+        collector.handle(_result(4, 1))  # within the interval: held back
+        assert 0 < collector._poll_timeout_ms() <= 50
+        time.sleep(0.06)
+        assert collector._poll_timeout_ms() == 0
+        collector.publisher.maybe_publish(collector.series)
+        assert collector._poll_timeout_ms() == 100
+    finally:
+        collector.stop()
+
+
+def test_a_point_held_back_by_the_pixel_interval_reaches_the_subscriber_when_the_interval_ends():
+    """End to end, a running collector: each second point follows the first within the pixel
+    interval (20 ms); it reaches the subscriber about when the interval ends (it waited for
+    the collector's next 100 ms idle wake-up before)."""
+    context = zmq.Context.instance()
+    collector = Collector("tcp://127.0.0.1:0", PARAMETERS, lambda outcome: None,
+                          publish_endpoint="tcp://127.0.0.1:0", context=context)
+    collector.publisher.pixel_interval_s = 0.02
+    collector.start()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(collector.endpoint)
+    subscriber = MapSubscriber(collector.publisher.endpoint)
+
+    def seen_within(measured: int, timeout_s: float) -> float:
+        start = time.monotonic()
+        seen = None
+        while time.monotonic() - start < timeout_s and (seen is None or seen.measured < measured):
+            seen = subscriber.latest(2) or seen
+        assert seen is not None and seen.measured >= measured, f"point {measured - 1} never arrived"
+        return time.monotonic() - start
+
+    try:
+        info = wire.SeriesInfo(5, "v2", 12, (4, 4), "uint32", None, None, None, None, None)
+        push.send_multipart(wire.encode_series(info, None))
+        push.send_multipart(_result(5, 0))
+        seen_within(1, 5.0)  # (full snapshots are repeated each second: the join is not lost)
+        lags = []
+        for k in range(1, 11, 2):
+            time.sleep(0.03)  # the previous message is older than the interval: k goes out at once
+            push.send_multipart(_result(5, k))
+            seen_within(k + 1, 2.0)
+            push.send_multipart(_result(5, k + 1))  # within the interval of k's message: held back
+            lags.append(seen_within(k + 2, 2.0))
+        assert sorted(lags)[len(lags) // 2] < 0.06, f"held-back points took {lags} s"
+    finally:
+        collector.stop()
+        push.close(linger=0)
+        subscriber.close()
