@@ -89,6 +89,18 @@ class MapState:
                                      f"{len(self.parameters)} (one per map parameter)")
         return vector
 
+    def stacked(self) -> tuple[np.ndarray, np.ndarray]:
+        """All maps at once, in :attr:`parameters` order, as read-only views.
+
+        Returns
+        -------
+        values : ndarray of float64, shape (n_parameters, ny, nx)
+        statuses : ndarray of int32, shape (n_parameters, ny, nx)
+        """
+        values, statuses = self._values.view(), self._statuses.view()
+        values.flags.writeable = statuses.flags.writeable = False
+        return values, statuses
+
     def update(self, row: int, col: int, values, statuses=None) -> None:
         """Place one frame's results on point (row, col).
 

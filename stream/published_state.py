@@ -127,12 +127,15 @@ def decode_snapshot(parts: list) -> MapSnapshot:
 def _published_arrays(maps, parameters, indices=None) -> tuple[np.ndarray, np.ndarray]:
     """Values float32 and statuses uint8 (capped at 255) of ``parameters`` of a map state,
     shape (n_parameters, rows, columns), or (n_parameters, k) at the flat points ``indices``."""
-    def taken(array):
-        return array if indices is None else array.reshape(-1)[indices]
-
-    values = np.stack([taken(maps.values[name]) for name in parameters]).astype("<f4")
-    statuses = np.stack([np.minimum(taken(maps.statuses[name]), 255) for name in parameters]).astype(np.uint8)
-    return values, statuses
+    all_values, all_statuses = maps.stacked()
+    parameters = tuple(parameters)
+    if parameters != maps.parameters:
+        rows = [maps.parameters.index(name) for name in parameters]
+        all_values, all_statuses = all_values[rows], all_statuses[rows]
+    if indices is not None:
+        all_values = all_values.reshape(len(parameters), -1)[:, indices]
+        all_statuses = all_statuses.reshape(len(parameters), -1)[:, indices]
+    return all_values.astype("<f4"), np.minimum(all_statuses, 255).astype(np.uint8)
 
 
 def snapshot_of(series_id: int, version: int, parameters, grid: ScanGrid, maps, final=False,

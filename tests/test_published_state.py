@@ -331,3 +331,22 @@ def test_a_point_held_back_by_the_pixel_interval_reaches_the_subscriber_when_the
         collector.stop()
         push.close(linger=0)
         subscriber.close()
+
+
+def test_published_arrays_are_the_maps_in_the_order_asked_for():
+    """Snapshots and pixel updates take the stacked maps (read-only views) in one go; a
+    snapshot of some parameters, in another order, has the same values."""
+    grid = ScanGrid((3, 5))
+    state = _state(grid)
+    for k in (0, 4, 7):
+        _measure(state, k)
+    values, statuses = state.maps.stacked()
+    assert not values.flags.writeable and not statuses.flags.writeable
+    np.testing.assert_array_equal(values[0], state.maps.values["saxs_intensity"])
+    full = snapshot_of(1, 1, PARAMETERS, grid, state.maps)
+    reordered = snapshot_of(1, 1, PARAMETERS[::-1], grid, state.maps)
+    np.testing.assert_array_equal(reordered.values, full.values[::-1])
+    np.testing.assert_array_equal(reordered.statuses, full.statuses[::-1])
+    assert full.values.dtype == np.float32 and full.statuses.dtype == np.uint8
+    np.testing.assert_array_equal(full.values[0], state.maps.values["saxs_intensity"].astype(np.float32))
+    np.testing.assert_array_equal(full.statuses[1], state.maps.statuses["a_mean_nm"])
