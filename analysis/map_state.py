@@ -12,7 +12,7 @@ Not thread-safe: one owner updates it; readers get copies from :meth:`MapState.s
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,8 @@ from analysis.status import Status
 log = logging.getLogger(__name__)
 
 SAXS_INTENSITY = "saxs_intensity"
+_OK = int(Status.OK)
+_INVALID_INPUT = int(Status.INVALID_INPUT)
 
 
 class MapState:
@@ -117,19 +119,20 @@ class MapState:
         row, col = self._check_position(row, col)
         value_vector = self._vector(values, np.nan, np.float64, "values")
         if statuses is None:
-            status_vector = np.where(np.isfinite(value_vector), int(Status.OK), int(Status.INVALID_INPUT))
+            status_vector = np.where(np.isfinite(value_vector), _OK, _INVALID_INPUT)
         else:
             status_vector = self._vector(statuses, int(Status.MISSING_PEAK), np.int64, "statuses")
         if isinstance(values, Mapping):
             absent = np.ones(len(self.parameters), dtype=bool)
             absent[[self._index[name] for name in values]] = False
             status_vector = np.where(absent, int(Status.MISSING_PEAK), status_vector)
-        status_vector = np.where((status_vector == Status.OK) & ~np.isfinite(value_vector),
-                                 int(Status.INVALID_INPUT), status_vector).astype(np.int32)
-        value_vector = np.where(status_vector == Status.OK, value_vector, np.nan)
+        status_vector = status_vector.astype(np.int32)  # a copy: the caller's vector stays as it was
+        ok = status_vector == _OK
+        status_vector[ok & ~np.isfinite(value_vector)] = _INVALID_INPUT
         if self.measured_count[row, col] > 0:
             self.n_repeated += 1
         self._values[:, row, col] = value_vector
+        self._values[status_vector != _OK, row, col] = np.nan
         self._statuses[:, row, col] = status_vector
         self.measured_count[row, col] += 1
         self.version += 1

@@ -28,7 +28,12 @@ def test_vector_update_and_status_invariant():
     assert state.values["a_mean_nm"][1, 2] == 9.4 and state.statuses["gamma_deg"][1, 2] == Status.OK
     assert state.version == 1 and state.n_measured == 1 and state.measured_count[1, 2] == 1
     # a value sent with a non-OK status is dropped; NaN sent with OK becomes INVALID_INPUT
-    state.update(0, 0, [50.0, 9.0, np.nan], [Status.OK, Status.MISSING_PEAK, Status.OK])
+    sent_values = np.array([50.0, 9.0, np.nan])
+    sent_statuses = np.array([Status.OK, Status.MISSING_PEAK, Status.OK], dtype=np.int32)
+    state.update(0, 0, sent_values, sent_statuses)
+    np.testing.assert_array_equal(sent_values, [50.0, 9.0, np.nan])  # the caller's vectors stay as sent
+    np.testing.assert_array_equal(sent_statuses, [Status.OK, Status.MISSING_PEAK, Status.OK])
+    assert state.values["saxs_intensity"][0, 0] == 50.0
     assert np.isnan(state.values["a_mean_nm"][0, 0])
     assert state.statuses["a_mean_nm"][0, 0] == Status.MISSING_PEAK
     assert state.statuses["gamma_deg"][0, 0] == Status.INVALID_INPUT
