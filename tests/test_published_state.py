@@ -350,3 +350,28 @@ def test_published_arrays_are_the_maps_in_the_order_asked_for():
     assert full.values.dtype == np.float32 and full.statuses.dtype == np.uint8
     np.testing.assert_array_equal(full.values[0], state.maps.values["saxs_intensity"].astype(np.float32))
     np.testing.assert_array_equal(full.statuses[1], state.maps.statuses["a_mean_nm"])
+
+
+def test_a_result_after_a_quiet_interval_is_published_at_once():
+    """The pixel interval counts from the last message sent, not from the owner's last call:
+    calls that publish nothing (the collector's loop calls after every message it handles)
+    do not hold back the next result."""
+    grid = ScanGrid((2, 3))
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", pixel_rate_hz=20.0)
+    try:
+        _measure(state, 0)
+        publisher.maybe_publish({3: state})  # a full snapshot (nothing to build on yet)
+        assert publisher.seconds_until_due({3: state}) is None
+        time.sleep(0.06)
+        publisher.maybe_publish({3: state})  # nothing new: nothing sent
+        _measure(state, 1)
+        assert publisher.seconds_until_due({3: state}) == 0.0
+        publisher.maybe_publish({3: state})
+        assert publisher.pixel_updates == 1 and publisher.seconds_until_due({3: state}) is None
+        _measure(state, 2)  # within the interval of that message: held back
+        assert 0.0 < publisher.seconds_until_due({3: state}) <= 0.05
+        publisher.maybe_publish({3: state})
+        assert publisher.pixel_updates == 1
+    finally:
+        publisher.close()
