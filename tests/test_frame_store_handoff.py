@@ -24,7 +24,7 @@ from stream.messages import ImageFrame
 from stream.protocol_v1 import encode_v1_end, encode_v1_image, encode_v1_start
 from tests.small_detector import flat_frame
 from tests.test_ingest import Harness, image_message, receive, start_message
-from tests.worker_sockets import worker_on_sockets
+from tests.worker_sockets import receive_ready, worker_on_sockets
 
 
 def _frame(series_id: int, index: int, payload: bytes) -> ImageFrame:
@@ -189,7 +189,10 @@ def test_ingest_sends_locations_only_to_workers_that_read_the_store(ingest_with_
         parts = receive(dealer)
         meta, payload = wire.decode_frame(parts)
         seen[name] = meta, bytes(payload)
-        dealer.send_multipart([wire.CREDIT])  # block mode: the series end is read once a worker has credit
+    # Credits only once both hold a frame: a credit back earlier could take frame 1 to the same
+    # worker. Block mode reads the series end once a worker has credit.
+    for dealer in (reading, plain):
+        dealer.send_multipart([wire.CREDIT])
     reader = StoredPayloadReader()
     meta, payload = seen["reading"]
     assert payload == b"" and set(meta["stored"]) == {"path", "generation", "offset", "n_bytes"}
@@ -224,7 +227,7 @@ def reading_worker(tmp_path):
         worker, router, pull, stop = sockets
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
-        identity, kind, ready = router.recv_multipart()
+        identity, kind, ready = receive_ready(router)
         assert kind == wire.READY and wire.loads(ready) == {"credits": 4, "worker": "store-reader",
                                                             "reads_frame_store": True}
         store = FrameStore(directory=str(tmp_path))

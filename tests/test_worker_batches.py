@@ -21,7 +21,7 @@ from stream import wire
 from stream.codecs import compress
 from stream.messages import ImageFrame
 from tests.small_detector import SHAPE, counts_of, flat_frame, write_setup
-from tests.worker_sockets import TIMEOUT_MS, worker_on_sockets
+from tests.worker_sockets import TIMEOUT_MS, receive_ready, worker_on_sockets
 
 
 def frame_message(index: int, frame: np.ndarray | None = None, payload: bytes | None = None) -> list:
@@ -80,7 +80,7 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     worker._handle = handle
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    identity, kind, ready = router.recv_multipart()
+    identity, kind, ready = receive_ready(router)
     assert kind == wire.READY and wire.loads(ready)["credits"] == 8
     fused_payloads = []
     for fused in worker._fused.values():  # built and warmed up before READY

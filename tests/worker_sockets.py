@@ -12,6 +12,13 @@ from stream.worker import Worker, WorkerConfig
 from tests.small_detector import write_setup
 
 TIMEOUT_MS = 20_000
+READY_TIMEOUT_MS = 300_000  # the worker warms up (compiles) before READY: minutes on a cold cache under load
+
+
+def receive_ready(router: zmq.Socket) -> list[bytes]:
+    """The worker's first message (READY), waited for through its warm-up; AssertionError if none."""
+    assert router.poll(READY_TIMEOUT_MS, zmq.POLLIN), "the worker never announced itself"
+    return router.recv_multipart()
 
 
 @contextlib.contextmanager
