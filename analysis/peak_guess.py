@@ -34,7 +34,7 @@ import math
 import numba
 import numpy as np
 
-from analysis.gauss2d_model import N_PARAMS, q_mid_of, valid_bins
+from analysis.gauss2d_model import N_PARAMS, VECTOR_MATH, q_mid_of, valid_bins
 
 RING_FRACTION_DIVISOR = 10
 WIDTH_MAX_FRACTION_OF_SPAN = 0.2
@@ -42,17 +42,58 @@ I0_FLOOR_NOISE_FRACTION = 0.1
 CLIP_SIGMAS = 3.0
 
 
+QUICKSELECT_MAX_ROUNDS = 64
+"""Partition rounds of :func:`_select_in_place` before it hands the rest to ``np.partition``
+(whose introselect bounds the worst case)."""
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _select_in_place(values, n, k, max_rounds):
+    """The ``k``-th smallest of ``values[:n]`` (finite), reordering them in place so that
+    ``values[:k]`` are all <= it: Hoare's quickselect with a median-of-three pivot (equal
+    values split evenly, so ties do not slow it), without the copy ``np.partition`` makes;
+    after ``max_rounds`` partitions ``np.partition`` finishes the part still unsorted."""
+    lo = 0
+    hi = n - 1
+    for _ in range(max_rounds):
+        if hi <= lo:
+            return values[k]
+        a, b, c = values[lo], values[(lo + hi) // 2], values[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i = lo
+        j = hi
+        while i <= j:
+            while values[i] < pivot:
+                i += 1
+            while values[j] > pivot:
+                j -= 1
+            if i <= j:
+                swap = values[i]
+                values[i] = values[j]
+                values[j] = swap
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:  # between the two parts: equal to the pivot
+            return values[k]
+    values[lo:hi + 1] = np.partition(values[lo:hi + 1], k - lo)
+    return values[k]
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _median(buffer, n):
-    """Median of ``buffer[:n]``; ``n`` >= 1."""
+    """Median of ``buffer[:n]`` (finite values, reordered in place); ``n`` >= 1."""
     half = n // 2
-    if n == 1:
-        return buffer[0]
-    # quickselect (a partitioned copy): element ``half`` in sorted order, the smaller ones before it
-    ordered = np.partition(buffer[:n], half)
+    upper = _select_in_place(buffer, n, half, QUICKSELECT_MAX_ROUNDS)
     if n % 2 == 1:
-        return ordered[half]
-    return 0.5 * (ordered[:half].max() + ordered[half])
+        return upper
+    lower = buffer[0]
+    for i in range(1, half):
+        lower = max(lower, buffer[i])
+    return 0.5 * (lower + upper)
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -65,13 +106,15 @@ def _clip(value, low, high):
     return value
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH)
 def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, half_q,
                  half_chi):
     """Moments of the excess in the box (i_c +- half_q, j_c +- half_chi), clipped to the window.
 
     Returns ``(sum_pos, q_centre, chi_centre, var_q, var_chi, sum_signed, n_box, n_box_valid)``
-    (centre and variances NaN when ``sum_pos`` is 0).
+    (centre and variances NaN when ``sum_pos`` is 0). The loops select instead of branching:
+    the sign of a noisy excess is unpredictable, and a mispredicted branch per bin cost more
+    than the sums.
     """
     n_q = q_nm.shape[0]
     n_chi = chi_deg.shape[0]
@@ -86,18 +129,19 @@ def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, 
     n_valid = 0
     for i in range(i_lo, i_hi + 1):
         background = b0 + b1 * (q_nm[i] - q_mid)
+        row_positive = 0.0
         for j in range(j_lo, j_hi + 1):
             y = mean_counts[i, j]
             v = variance[i, j]
-            if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
-                continue
-            n_valid += 1
-            excess = y - background
+            valid = math.isfinite(y) & math.isfinite(v) & (v > 0.0)
+            excess = (y - background) if valid else 0.0
+            positive = excess if excess > 0.0 else 0.0
+            n_valid += 1 if valid else 0
             signed += excess
-            if excess > 0.0:
-                s0 += excess
-                s_q += excess * q_nm[i]
-                s_chi += excess * chi_deg[j]
+            row_positive += positive
+            s_chi += positive * chi_deg[j]
+        s0 += row_positive
+        s_q += row_positive * q_nm[i]
     n_box = (i_hi - i_lo + 1) * (j_hi - j_lo + 1)
     if not s0 > 0.0:
         return s0, np.nan, np.nan, np.nan, np.nan, signed, n_box, n_valid
@@ -107,15 +151,16 @@ def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, 
     m_chi = 0.0
     for i in range(i_lo, i_hi + 1):
         background = b0 + b1 * (q_nm[i] - q_mid)
+        row_positive = 0.0
         for j in range(j_lo, j_hi + 1):
             y = mean_counts[i, j]
             v = variance[i, j]
-            if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
-                continue
-            excess = y - background
-            if excess > 0.0:
-                m_q += excess * (q_nm[i] - q_c) ** 2
-                m_chi += excess * (chi_deg[j] - chi_c) ** 2
+            valid = math.isfinite(y) & math.isfinite(v) & (v > 0.0)
+            excess = (y - background) if valid else 0.0
+            positive = excess if excess > 0.0 else 0.0
+            row_positive += positive
+            m_chi += positive * (chi_deg[j] - chi_c) ** 2
+        m_q += row_positive * (q_nm[i] - q_c) ** 2
     return s0, q_c, chi_c, m_q / s0, m_chi / s0, signed, n_box, n_valid
 
 
@@ -135,7 +180,7 @@ def _row_ring_columns(i, n_q, n_chi, ring, which):
     return min(ring, n_chi), max(n_chi - ring, min(ring, n_chi))
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH)
 def _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median, sort_buffer):
     """One row-major pass over the valid bins of a selection (see ``_background_level``).
 
@@ -155,18 +200,26 @@ def _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median, so
         for part in range(2):
             j_start = 0 if part == 0 else second_start
             j_end = first_end if part == 0 else n_chi
-            for j in range(j_start, j_end):
+            if collect:
+                for j in range(j_start, j_end):
+                    y = mean_counts[i, j]
+                    v = variance[i, j]
+                    if math.isfinite(y) and math.isfinite(v) and v > 0.0:
+                        sort_buffer[n] = y
+                        n += 1
+                continue
+            row_total = 0.0
+            row_kept = 0
+            for j in range(j_start, j_end):  # selects: a peak's bins make branches mispredict
                 y = mean_counts[i, j]
                 v = variance[i, j]
-                if not (math.isfinite(y) and math.isfinite(v) and v > 0.0):
-                    continue
-                if collect:
-                    sort_buffer[n] = y
-                    n += 1
-                elif y <= median + CLIP_SIGMAS * math.sqrt(v):
-                    total += y
-                    q_sum += q_nm[i]
-                    n += 1
+                kept = (math.isfinite(y) & math.isfinite(v) & (v > 0.0)
+                        & (y <= median + CLIP_SIGMAS * math.sqrt(abs(v))))
+                row_total += y if kept else 0.0
+                row_kept += 1 if kept else 0
+            total += row_total
+            q_sum += row_kept * q_nm[i]
+            n += row_kept
     return n, total, q_sum
 
 
@@ -191,24 +244,29 @@ def _background_level(mean_counts, variance, q_nm, q_mid, ring, which, sort_buff
     return n, total / n_kept, q_sum / n_kept
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH)
 def _three_row_sums(excess, variance, i, n_q, n_chi, sums):
     """Per column, the sums over rows i - 1 .. i + 1 (inside the window) of the valid excess
     (``excess`` row-major (n_q * n_chi,), NaN marks an invalid bin) into ``sums[0]`` and of
-    their variances into ``sums[1]``."""
-    for j in range(n_chi):
+    their variances into ``sums[1]``. Unsigned indices and selects, not branches: LLVM
+    vectorizes the loops (scattered invalid bins made a branch mispredict)."""
+    width = np.uint64(n_chi)
+    for k in range(n_chi):
+        j = np.uint64(k)
         sums[0, j] = 0.0
         sums[1, j] = 0.0
-    for ii in range(max(0, i - 1), min(n_q, i + 2)):
-        for j in range(n_chi):
-            e = excess[ii * n_chi + j]
+    for row in range(max(0, i - 1), min(n_q, i + 2)):
+        ii = np.uint64(row)
+        start = ii * width
+        for k in range(n_chi):
+            j = np.uint64(k)
+            e = excess[start + j]
             valid = not math.isnan(e)
-            # selects, not branches: scattered invalid bins made a branch mispredict
             sums[0, j] += e if valid else 0.0
             sums[1, j] += variance[ii, j] if valid else 0.0
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH)
 def _smoothed_row(excess, i, n_chi, sums):
     """``sums[2, j]``: the 3 x 3 sum of the valid excess around bin (i, j) in units of its noise,
     ``-inf`` where that bin is invalid (NaN excess), from the row sums of
@@ -230,7 +288,7 @@ def _smoothed_row(excess, i, n_chi, sums):
         sums[2, j] = -np.inf if math.isnan(excess[row + j]) else sums[2, j]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", fastmath=VECTOR_MATH)
 def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buffer, row_scratch):
     """Initial guess for one window (Numba; algorithm in the module docstring).
 

@@ -48,37 +48,48 @@ centroids (when the geometry is known)."""
 
 
 @numba.njit(cache=True, error_model="numpy")
-def poisson_fit_inputs(mean_counts, variance, n_valid, sum_counts, area, density, density_variance,
-                       exposure, offset):
-    """What the Poisson fits read, in one pass (the NumPy expressions of :meth:`PeakWindowFitter.fit`
-    for the least-squares case give the same numbers for the first two).
+def poisson_fit_inputs(mean_counts, variance, n_valid, sum_counts, area, windows, density,
+                       density_variance, exposure, offset):
+    """What the Poisson fits of one group of equally sized windows read, gathered from the
+    frames' padded window arrays into the group's fit order in one pass (the NumPy expressions
+    of :meth:`PeakWindowFitter.fit` for the least-squares case give the same numbers for the
+    first two).
 
     Parameters
     ----------
-    mean_counts, variance : float64 (n_frames, n_bins)
-    n_valid : int32 (n_frames, n_bins)
-    sum_counts : float64 (n_frames, n_bins)
-    area : float64 (n_bins,)
+    mean_counts, variance : float64 (n_frames, n_windows, n_q_max, n_chi_max)
+    n_valid : int32 (n_frames, n_windows, n_q_max, n_chi_max)
+    sum_counts : float64 (n_frames, n_windows, n_q_max, n_chi_max)
+    area : float64 (n_windows, n_q_max, n_chi_max)
         Pixel area per bin in the (q, chi) plane (NaN where a bin has no pixel).
-    density, density_variance, exposure, offset : float64 (n_frames, n_bins)
-        Outputs: ``mean_counts / area``, ``variance / area^2``, ``n_valid * area`` and
-        ``(sum_counts / n_valid - mean_counts) / area`` (the subtracted background per pixel),
-        the last two 0 where ``n_valid`` is 0 or they are not finite.
+    windows : int64 (n_group,)
+        The group's windows; only their first ``n_q`` x ``n_chi`` bins are read.
+    density, density_variance, exposure, offset : float64 (n_frames * n_group, n_q, n_chi)
+        Outputs, frame-major: ``mean_counts / area``, ``variance / area^2``,
+        ``n_valid * area`` and ``(sum_counts / n_valid - mean_counts) / area`` (the subtracted
+        background per pixel), the last two 0 where ``n_valid`` is 0 or they are not finite.
     """
+    n_group = windows.shape[0]
+    n_q = density.shape[1]
+    n_chi = density.shape[2]
     for f in range(mean_counts.shape[0]):
-        for k in range(mean_counts.shape[1]):
-            a = area[k]
-            m = mean_counts[f, k]
-            density[f, k] = m / a
-            density_variance[f, k] = variance[f, k] / (a * a)
-            pixels = np.float64(n_valid[f, k])
-            e = 0.0
-            o = 0.0
-            if pixels > 0.0:
-                e = pixels * a
-                o = (sum_counts[f, k] / max(pixels, 1.0) - m) / a
-            exposure[f, k] = e if math.isfinite(e) else 0.0
-            offset[f, k] = o if math.isfinite(o) else 0.0
+        for g in range(n_group):
+            w = windows[g]
+            out = f * n_group + g
+            for i in range(n_q):
+                for j in range(n_chi):
+                    a = area[w, i, j]
+                    m = mean_counts[f, w, i, j]
+                    density[out, i, j] = m / a
+                    density_variance[out, i, j] = variance[f, w, i, j] / (a * a)
+                    pixels = np.float64(n_valid[f, w, i, j])
+                    e = 0.0
+                    o = 0.0
+                    if pixels > 0.0:
+                        e = pixels * a
+                        o = (sum_counts[f, w, i, j] / max(pixels, 1.0) - m) / a
+                    exposure[out, i, j] = e if math.isfinite(e) else 0.0
+                    offset[out, i, j] = o if math.isfinite(o) else 0.0
 
 
 def _central_differences(image: np.ndarray, axis: int, period: float | None = None) -> np.ndarray:
@@ -146,10 +157,11 @@ class _Group:
     chi_centres_deg: np.ndarray  # (n, n_chi)
     points: tuple[np.ndarray, np.ndarray] | None  # (q, chi) per bin, (n, n_q, n_chi)
     broadening: tuple[np.ndarray, np.ndarray] | None  # (var_q, var_chi) per bin
-    prepared: dict = field(default_factory=dict)  # (n_frames, poisson) -> (PreparedFit, outputs)
+    prepared: dict = field(default_factory=dict)  # (n_frames, poisson) -> (PreparedFit, outputs, inputs)
 
     def batch(self, n_frames: int, settings: FitSettings, poisson: bool = True):
-        """The prepared fit of ``n_frames`` frames' windows (frame-major) and its outputs."""
+        """The prepared fit of ``n_frames`` frames' windows (frame-major), its outputs and, for
+        Poisson fits, the buffers of its inputs (density, its variance, exposure, offset)."""
         key = (n_frames, poisson)
         if key not in self.prepared:
             n = n_frames * self.windows.size
@@ -164,7 +176,8 @@ class _Group:
                 settings=settings)
             outputs = (np.empty((n, N_PARAMS)), np.empty((n, N_PARAMS)), np.empty(n, np.int32),
                        np.empty(n), np.empty(n, np.int32))
-            self.prepared[key] = prepared, outputs
+            inputs = tuple(np.empty((n, self.n_q, self.n_chi)) for _ in range(4)) if poisson else None
+            self.prepared[key] = prepared, outputs, inputs
         return self.prepared[key]
 
 
@@ -249,19 +262,15 @@ class PeakWindowFitter:
         if poisson != (sum_counts is not None):
             raise ValueError("n_valid and sum_counts go together (both or neither)")
         if poisson:
-            flat = (n_frames, int(np.prod(bins)))
-
-            def frames_by_bins(array, dtype):
+            def frames_of_windows(array, dtype):
                 return np.ascontiguousarray(np.broadcast_to(np.asarray(array, dtype=dtype),
-                                                            mean_counts.shape)).reshape(flat)
+                                                            mean_counts.shape)).reshape((n_frames,) + bins)
 
-            density, density_variance, exposure, offset = (np.empty(flat) for _ in range(4))
-            poisson_fit_inputs(frames_by_bins(mean_counts, np.float64), frames_by_bins(variance, np.float64),
-                               frames_by_bins(n_valid, np.int32), frames_by_bins(sum_counts, np.float64),
-                               np.ascontiguousarray(self.pixel_area, dtype=np.float64).reshape(-1),
-                               density, density_variance, exposure, offset)
-            density, density_variance, exposure, offset = (
-                a.reshape((n_frames,) + bins) for a in (density, density_variance, exposure, offset))
+            counts = frames_of_windows(mean_counts, np.float64)
+            counts_variance = frames_of_windows(variance, np.float64)
+            pixels = frames_of_windows(n_valid, np.int32)
+            photons = frames_of_windows(sum_counts, np.float64)
+            area = np.ascontiguousarray(self.pixel_area, dtype=np.float64).reshape(bins)
         else:
             density = (mean_counts / self.pixel_area).reshape((n_frames,) + bins)
             density_variance = (np.asarray(variance) / self.pixel_area**2).reshape((n_frames,) + bins)
@@ -269,15 +278,19 @@ class PeakWindowFitter:
         errors = np.full((n_frames, n, N_PARAMS), np.nan)
         status = np.empty((n_frames, n), np.int32)
         for group in self.groups:
-            def part(array):
-                return array[:, group.windows, :group.n_q, :group.n_chi].reshape(-1, group.n_q, group.n_chi)
-
-            prepared, (g_params, g_errors, g_status, g_chi2, g_iterations) = group.batch(
+            prepared, (g_params, g_errors, g_status, g_chi2, g_iterations), inputs = group.batch(
                 n_frames, self.settings, poisson)
-            # least squares (callers without raw counts) weights by density_variance alone
-            prepared.run(part(density), part(density_variance), g_params, g_errors, g_status, g_chi2,
-                         g_iterations, exposure=part(exposure) if poisson else None,
-                         offset=part(offset) if poisson else None)
+            if poisson:
+                poisson_fit_inputs(counts, counts_variance, pixels, photons, area, group.windows, *inputs)
+                g_density, g_density_variance, g_exposure, g_offset = inputs
+                prepared.run(g_density, g_density_variance, g_params, g_errors, g_status, g_chi2,
+                             g_iterations, exposure=g_exposure, offset=g_offset)
+            else:  # least squares (callers without raw counts) weights by density_variance alone
+                def part(array):
+                    return array[:, group.windows, :group.n_q, :group.n_chi].reshape(-1, group.n_q, group.n_chi)
+
+                prepared.run(part(density), part(density_variance), g_params, g_errors, g_status,
+                             g_chi2, g_iterations)
             shape = (n_frames, group.windows.size)
             params[:, group.windows] = g_params.reshape(shape + (N_PARAMS,))
             errors[:, group.windows] = g_errors.reshape(shape + (N_PARAMS,))

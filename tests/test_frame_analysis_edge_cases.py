@@ -172,23 +172,25 @@ def test_a_batch_gives_exactly_the_results_of_frame_by_frame_analysis(setup):
 
 
 def test_poisson_fit_inputs_equal_their_numpy_expressions():
-    """The one-pass kernel that prepares the Poisson fits' inputs gives bit for bit the NumPy
-    expressions it replaced, with empty bins, bins without geometric pixels (area NaN), NaN
-    counts and an infinite sum."""
+    """The one-pass kernel that prepares a window group's Poisson fit inputs gives bit for bit
+    the NumPy expressions it replaced, gathered from the padded windows into the group's order
+    (frame-major, the group's windows, their first n_q x n_chi bins), with empty bins, bins
+    without geometric pixels (area NaN), NaN counts and an infinite sum."""
     from analysis.peak_window_fits import poisson_fit_inputs
 
     rng = np.random.default_rng(8)
-    n_frames, n_bins = 3, 500
-    area = rng.uniform(0.5, 2.0, n_bins)
-    area[:7] = np.nan
-    n_valid = rng.integers(0, 5, (n_frames, n_bins)).astype(np.int32)
-    sum_counts = rng.poisson(3.0, (n_frames, n_bins)).astype(np.float64)
-    mean_counts = sum_counts / np.maximum(n_valid, 1) - rng.uniform(0, 1, (n_frames, n_bins))
-    mean_counts[0, 10:15] = np.nan
-    sum_counts[1, 20] = np.inf
-    variance = rng.uniform(0.1, 2.0, (n_frames, n_bins))
-    outputs = [np.empty((n_frames, n_bins)) for _ in range(4)]
-    poisson_fit_inputs(mean_counts, variance, n_valid, sum_counts, area, *outputs)
+    n_frames, bins = 3, (4, 6, 9)  # padded windows of up to 6 x 9 bins
+    area = rng.uniform(0.5, 2.0, bins)
+    area[2, 0, :7] = np.nan
+    n_valid = rng.integers(0, 5, (n_frames,) + bins).astype(np.int32)
+    sum_counts = rng.poisson(3.0, (n_frames,) + bins).astype(np.float64)
+    mean_counts = sum_counts / np.maximum(n_valid, 1) - rng.uniform(0, 1, (n_frames,) + bins)
+    mean_counts[0, 2, 1, 1:6] = np.nan
+    sum_counts[1, 3, 2, 2] = np.inf
+    variance = rng.uniform(0.1, 2.0, (n_frames,) + bins)
+    windows, n_q, n_chi = np.array([3, 0, 2]), 5, 7  # a group of 5 x 7 windows, out of order
+    outputs = [np.full((n_frames * windows.size, n_q, n_chi), -1.0) for _ in range(4)]
+    poisson_fit_inputs(mean_counts, variance, n_valid, sum_counts, area, windows, *outputs)
     pixels = n_valid.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         exposure = np.where(pixels > 0, pixels * area, 0.0)
@@ -196,5 +198,7 @@ def test_poisson_fit_inputs_equal_their_numpy_expressions():
     expected = [mean_counts / area, variance / area**2, np.where(np.isfinite(exposure), exposure, 0.0),
                 np.where(np.isfinite(offset), offset, 0.0)]
     for got, want in zip(outputs, expected):
-        np.testing.assert_array_equal(got, want)
-    assert outputs[2][1, 20] != 0 and outputs[3][1, 20] == 0.0  # the infinite sum: no offset
+        np.testing.assert_array_equal(got, want[:, windows, :n_q, :n_chi].reshape(-1, n_q, n_chi))
+    infinite = 1 * windows.size + 0  # frame 1, window 3 (first of the group), bin (2, 2)
+    assert outputs[2][infinite, 2, 2] != 0 and outputs[3][infinite, 2, 2] == 0.0  # no offset
+    assert np.isnan(outputs[0][2 * 0 + 2, 0, 1:6]).all()  # frame 0, window 2: area NaN

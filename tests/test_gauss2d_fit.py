@@ -425,6 +425,22 @@ def test_guess_median_equals_numpy():
             assert _median(buffer, n) == np.median(values)
 
 
+@pytest.mark.parametrize("max_rounds", [0, 1, 2, 64])
+def test_guess_selection_in_place_equals_numpy_also_when_np_partition_finishes_it(max_rounds):
+    """Quickselect in place: the k-th smallest, everything before it <= it, after any number
+    of rounds before ``np.partition`` takes over."""
+    from analysis.peak_guess import _select_in_place
+    rng = np.random.default_rng(12)
+    for n in (1, 2, 5, 64, 449):
+        for values in (rng.normal(size=n), rng.integers(0, 3, size=n).astype(float), np.zeros(n)):
+            for k in {0, n // 2, n - 1}:
+                buffer = np.concatenate([values, [np.inf, -np.inf]])  # only the first n count
+                chosen = _select_in_place(buffer, n, k, max_rounds)
+                assert chosen == np.sort(values)[k]
+                assert np.all(buffer[:k] <= chosen) and np.all(buffer[k:n] >= chosen)
+                assert sorted(buffer[:n]) == sorted(values) and list(buffer[n:]) == [np.inf, -np.inf]
+
+
 def test_guess_lands_near_the_peak():
     y, v, q, chi = GUESS_CASES["saxs_off_centre"]
     guess = guess_peak(y, v, q, chi)
