@@ -26,6 +26,7 @@ from stream.analysis_setup import AnalysisSetup
 from stream.bslz4_regroup import FUSED_DTYPES, FusedRegroup
 from stream.codecs import decompress
 from stream.frame_store import FrameStoreUnreadable, StoredLocation, StoredPayloadReader
+from stream.gc_tuning import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class Worker:
         self.analyzer = self.analyzers.default()
         self.analyzer.warm_up()
         self._warm_up_fused()
+        freeze_startup_objects()  # full collections would otherwise stall frames by ~0.1 s
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IDENTITY, self.name.encode())
