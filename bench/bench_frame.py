@@ -5,8 +5,9 @@ from the payload (``stream.bslz4_regroup``), fits of all configured peaks, deriv
 the whole ``FrameAnalyzer.analyse``, what a worker does per frame (fused decode + regroup, then
 fits and physics, one frame at a time and per frame of a batch of ``--batch`` waiting frames),
 plus the reference pipeline a user would write with the peer tools (dectris-compression decode,
-pyFAI integrate2d onto a polar grid per peak window, scipy curve_fit of the same peaks) and the
-ratios. Figures go to BENCHMARKS.md.
+pyFAI integrate2d onto a polar grid per peak window, scipy curve_fit of the same peaks), whole and
+stage by stage (decode, integrate2d of a decoded frame, curve_fit of integrated windows), and the
+ratios, whole and per stage. Figures go to BENCHMARKS.md.
 
 Run: ``.venv/bin/python bench/bench_frame.py [--frames N] [--batch 8]``
 """
@@ -98,8 +99,12 @@ def main() -> None:
     mask = (frame == 2**32 - 1) | (scan.pixel_mask != 0)
     table = analyzer.table
 
-    def reference_pipeline() -> None:
-        image = np.frombuffer(dectris_decompress(payload, "bslz4", elem_size=4), np.uint32).reshape(frame.shape)
+    def reference_decode() -> np.ndarray:
+        return np.frombuffer(dectris_decompress(payload, "bslz4", elem_size=4), np.uint32).reshape(frame.shape)
+
+    def reference_integrate(image: np.ndarray) -> list:
+        """pyFAI integrate2d of each peak window onto its polar grid: (intensity (n_q, n_chi), q, chi)."""
+        windows = []
         for window in range(table.n_windows):
             n_q, n_chi = int(table.n_q_per_window[window]), int(table.n_chi_per_window[window])
             q_edges, chi_edges = table.q_edges_nm[window], table.chi_edges_deg[window]
@@ -109,7 +114,12 @@ def main() -> None:
                                                if chi_edges[n_chi] <= 180 else None,
                                                correctSolidAngle=False, method=("no", "histogram", "cython"))
             intensity = np.asarray(result.intensity, dtype=np.float64)[::-1].T  # (n_q, n_chi)
-            q, chi = np.asarray(result.radial), -np.asarray(result.azimuthal)[::-1]
+            windows.append((intensity, np.asarray(result.radial), -np.asarray(result.azimuthal)[::-1]))
+        return windows
+
+    def reference_fit(windows: list) -> None:
+        """scipy curve_fit of the 2D Gaussian of each window."""
+        for intensity, q, chi in windows:
             good = np.isfinite(intensity) & (intensity != 0)
             grid_q, grid_chi = np.meshgrid(q, chi, indexing="ij")
             p0 = [float(np.nansum(intensity)) * (q[1] - q[0]) * abs(chi[1] - chi[0]), q.mean(), chi.mean(),
@@ -124,6 +134,9 @@ def main() -> None:
             except (RuntimeError, ValueError):
                 pass
 
+    def reference_pipeline() -> None:
+        reference_fit(reference_integrate(reference_decode()))
+
     print(f"os.cpu_count() = {os.cpu_count()}; EIGER X 4M frame {frame.shape} uint32, "
           f"payload {len(payload) / 1e6:.2f} MB, {table.n_windows} peak windows, "
           f"{table.n_entries} table entries; median of {n} runs")
@@ -131,10 +144,21 @@ def main() -> None:
     for name, function in ours.items():
         results[name] = median_ms(function, n)
         print(f"  ours       {name:52s} {results[name]:8.2f} ms")
-    decode_ref = median_ms(lambda: dectris_decompress(payload, "bslz4", elem_size=4), n)
+    decode_ref = median_ms(reference_decode, n)
     print(f"  reference  {'decode (dectris-compression)':52s} {decode_ref:8.2f} ms")
+    image = reference_decode()
+    integrate_ref = median_ms(lambda: reference_integrate(image), max(3, n // 3))
+    print(f"  reference  {f'regroup (pyFAI integrate2d, {table.n_windows} windows)':52s} {integrate_ref:8.2f} ms")
+    integrated = reference_integrate(image)
+    fit_ref = median_ms(lambda: reference_fit(integrated), max(3, n // 3))
+    print(f"  reference  {f'fit all {table.n_windows} peaks (scipy curve_fit)':52s} {fit_ref:8.2f} ms")
     reference = median_ms(reference_pipeline, max(3, n // 3))
     print(f"  reference  {'decode + pyFAI integrate2d + curve_fit, 8 peaks':52s} {reference:8.2f} ms")
+    for stage, ref_ms, ours_name in (
+            ("decode", decode_ref, "decode (bitshuffle C, whole frame)"),
+            ("regroup", integrate_ref, "regroup (Numba, all windows + SAXS region)"),
+            ("fits", fit_ref, "fit all 8 peaks (Numba Poisson LM, batched)")):
+        print(f"  stage      {stage + ' alone, reference / ours':52s} {ref_ms / results[ours_name]:8.1f}x")
     separate = results["decode (bitshuffle C, whole frame)"] + results["regroup (Numba, all windows + SAXS region)"]
     fused_ms = results["fused decode + regroup (payload -> bins, no frame)"]
     n_decoded, n_popcounted, _ = fused.last_blocks
