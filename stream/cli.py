@@ -466,6 +466,7 @@ def serve_config(args, setup):
 
 
 def command_serve(args) -> int:
+    from stream.gc_tuning import freeze_startup_objects
     from stream.service import Service
 
     setup = _setup_from(args)
@@ -478,6 +479,7 @@ def command_serve(args) -> int:
         print(f"maps: {h5_path}\nfigure: {png_path}", flush=True)
 
     with Service(config, on_series_complete=report) as service:
+        freeze_startup_objects()  # this process is the service's: see stream.gc_tuning
         print(f"braggmap: ready; detector {args.detector}, workers connect to {service.ingest.work_endpoint}, "
               f"results to {service.collector.endpoint}, maps published on {service.publish_endpoint}, "
               f"frame detail on {service.detail_endpoint}, steering on {service.steering_endpoint}", flush=True)

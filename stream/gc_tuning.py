@@ -9,6 +9,11 @@ triggers them. The start-up objects live as long as the process, so they are mov
 permanent generation once start-up is over: later collections walk only what was made since
 (measured with ``gc.callbacks`` over ``bench/bench_service.py``: after the freeze, 1-7 young
 collections of at most 0.7 ms per process, none of the older generations).
+
+Only a process that is the service's or a worker's does this (``braggmap serve``,
+:func:`stream.worker.run_worker_process`), never a library call: frozen objects that later
+become cyclic garbage are never freed, and in a user's session (a RunEngine, ophyd devices
+with their subscriptions) that would keep stale objects alive and reacting.
 """
 
 from __future__ import annotations

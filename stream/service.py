@@ -23,7 +23,6 @@ from stream.analysis_setup import AnalysisSetup, AverageAnalysis
 from stream.collector import Collector, SeriesOutcome, default_grid
 from stream.frame_detail import DetailServer
 from stream.frame_store import FrameStore
-from stream.gc_tuning import freeze_startup_objects
 from stream.run_placement import DocumentPlacement
 from stream.documents import DocumentReceiver
 from stream.ingest import Ingest
@@ -153,7 +152,6 @@ class Service:
             process.start()
             self.workers.append(process)
         self._wait_ready()
-        freeze_startup_objects()  # full collections would otherwise stall the serving threads
         return self
 
     def _wait_ready(self) -> None:

@@ -62,8 +62,9 @@ class Worker:
     """The worker's loop; one instance owns its two sockets."""
 
     def __init__(self, config: WorkerConfig, context: zmq.Context | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, *, freeze_gc: bool = False) -> None:
         self.config = config
+        self.freeze_gc = freeze_gc  # only where the worker owns its process (see stream.gc_tuning)
         self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
         self._context = context or zmq.Context.instance()
         self._stop = stop or threading.Event()
@@ -81,7 +82,8 @@ class Worker:
         self.analyzer = self.analyzers.default()
         self.analyzer.warm_up()
         self._warm_up_fused()
-        freeze_startup_objects()  # full collections would otherwise stall frames by ~0.1 s
+        if self.freeze_gc:
+            freeze_startup_objects()  # full collections would otherwise stall frames by ~0.1 s
         dealer = self._context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.setsockopt(zmq.IDENTITY, self.name.encode())
@@ -352,4 +354,4 @@ def run_worker_process(config: WorkerConfig) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    Worker(config, stop=stop).run()
+    Worker(config, stop=stop, freeze_gc=True).run()

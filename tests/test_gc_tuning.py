@@ -43,13 +43,19 @@ def test_garbage_goes_first_the_living_are_frozen_and_later_garbage_is_still_col
     assert later_ref() is None, "objects made after the freeze are collected as usual"
 
 
-def test_a_worker_freezes_its_start_up_objects_before_it_is_ready(tmp_path, unfrozen):
+@pytest.mark.parametrize("freeze_gc", [True, False])
+def test_a_worker_freezes_its_start_up_objects_before_it_is_ready_only_when_it_owns_its_process(
+        tmp_path, unfrozen, freeze_gc):
     with worker_on_sockets(tmp_path, credits=1, max_batch=1, name="gc-test") as sockets:
         worker, router, pull, stop = sockets
+        worker.freeze_gc = freeze_gc  # run_worker_process's workers: True; in a caller's thread: False
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         _, kind, _ = receive_ready(router)
         assert kind == wire.READY
-        assert gc.get_freeze_count() > 1000  # the modules, kernels and tables of its analyser
+        if freeze_gc:
+            assert gc.get_freeze_count() > 1000  # the modules, kernels and tables of its analyser
+        else:
+            assert gc.get_freeze_count() == 0
         stop.set()
         thread.join(10)

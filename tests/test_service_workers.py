@@ -59,6 +59,13 @@ def service(request, setup, detector):
         yield running
 
 
+def test_a_service_started_in_a_callers_process_freezes_none_of_its_objects(service):
+    """Only ``braggmap serve`` and worker processes freeze their start-up objects out of the
+    garbage collector (stream.gc_tuning); a Service started in a user's session must not."""
+    import gc
+    assert gc.get_freeze_count() == 0
+
+
 def series_start(series_id: int) -> SeriesStart:
     config = {"nimages": 1, "ntrigger": N_FRAMES, "x_pixels_in_detector": SHAPE[1],
               "y_pixels_in_detector": SHAPE[0], "bit_depth_image": 32, "wavelength": 0.8984,
