@@ -33,7 +33,7 @@ def test_garbage_goes_first_the_living_are_frozen_and_later_garbage_is_still_col
     assert gc.get_freeze_count() == 0
     frozen = freeze_startup_objects()
     assert garbage_ref() is None, "start-up garbage is collected before the freeze"
-    assert frozen == gc.get_freeze_count() > 0
+    assert 0 < gc.get_freeze_count() <= frozen  # frozen objects that die leave the count
     assert not any(o is alive for o in gc.get_objects())  # frozen: in no generation the collector walks
     assert alive_ref() is alive
     later = _Node()
