@@ -42,6 +42,13 @@ I0_FLOOR_NOISE_FRACTION = 0.1
 CLIP_SIGMAS = 3.0
 
 
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _valid_bin(y, v):
+    """Whether a bin enters the guess (as ``gauss2d_model.valid_bins``): finite value, finite
+    variance > 0; evaluated without branches, so loops using it can select instead."""
+    return math.isfinite(y) & math.isfinite(v) & (v > 0.0)
+
+
 QUICKSELECT_MAX_ROUNDS = 64
 """Partition rounds of :func:`_select_in_place` before it hands the rest to ``np.partition``
 (whose introselect bounds the worst case)."""
@@ -133,7 +140,7 @@ def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, 
         for j in range(j_lo, j_hi + 1):
             y = mean_counts[i, j]
             v = variance[i, j]
-            valid = math.isfinite(y) & math.isfinite(v) & (v > 0.0)
+            valid = _valid_bin(y, v)
             excess = (y - background) if valid else 0.0
             positive = excess if excess > 0.0 else 0.0
             n_valid += 1 if valid else 0
@@ -155,7 +162,7 @@ def _box_moments(mean_counts, variance, q_nm, chi_deg, b0, b1, q_mid, i_c, j_c, 
         for j in range(j_lo, j_hi + 1):
             y = mean_counts[i, j]
             v = variance[i, j]
-            valid = math.isfinite(y) & math.isfinite(v) & (v > 0.0)
+            valid = _valid_bin(y, v)
             excess = (y - background) if valid else 0.0
             positive = excess if excess > 0.0 else 0.0
             row_positive += positive
@@ -204,7 +211,7 @@ def _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median, so
                 for j in range(j_start, j_end):
                     y = mean_counts[i, j]
                     v = variance[i, j]
-                    if math.isfinite(y) and math.isfinite(v) and v > 0.0:
+                    if _valid_bin(y, v):
                         sort_buffer[n] = y
                         n += 1
                 continue
@@ -213,8 +220,7 @@ def _visit_selection(mean_counts, variance, q_nm, q_mid, ring, which, median, so
             for j in range(j_start, j_end):  # selects: a peak's bins make branches mispredict
                 y = mean_counts[i, j]
                 v = variance[i, j]
-                kept = (math.isfinite(y) & math.isfinite(v) & (v > 0.0)
-                        & (y <= median + CLIP_SIGMAS * math.sqrt(abs(v))))
+                kept = _valid_bin(y, v) & (y <= median + CLIP_SIGMAS * math.sqrt(abs(v)))
                 row_total += y if kept else 0.0
                 row_kept += 1 if kept else 0
             total += row_total
@@ -324,7 +330,7 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
             y = mean_counts[i, j]
             v = variance[i, j]
             # selects, not branches: scattered invalid bins made a branch mispredict
-            valid = math.isfinite(y) and math.isfinite(v) and v > 0.0
+            valid = _valid_bin(y, v)
             n_valid += 1 if valid else 0
             sum_variance += v if valid else 0.0
 
@@ -349,7 +355,7 @@ def guess_peak_kernel(mean_counts, variance, q_nm, chi_deg, guess_out, sort_buff
         for j in range(n_chi):
             y = mean_counts[i, j]
             v = variance[i, j]
-            valid = math.isfinite(y) and math.isfinite(v) and v > 0.0
+            valid = _valid_bin(y, v)
             sort_buffer[i * n_chi + j] = y - background if valid else np.nan
     i_max = n_q // 2
     j_max = n_chi // 2
