@@ -28,7 +28,8 @@ beamtime of many scans.
 No figure here is ever a pass/fail criterion. Figures go to BENCHMARKS.md.
 
 Run: ``.venv/bin/python bench/bench_service.py [--quick] [--rates 50 100 200] [--rate-workers 1 2]
-[--rate-frames N] [--max-frames N] [--small-grid 61] [--big-frames N] [--max-batch N]``
+[--rate-frames N] [--max-frames N] [--small-grid 61] [--big-frames N] [--max-batch N] [--credits N]
+[--sustained-only]``
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class PublishedPixels(threading.Thread):
 class Bench:
     """One service (fixed worker count and overflow policy) fed by one in-process simulator."""
 
-    def __init__(self, scan, n_workers: int, overflow: str, protocol: str = "v1", max_batch: int | None = None) -> None:
+    def __init__(self, scan, n_workers: int, overflow: str, protocol: str = "v1", max_batch: int | None = None,
+                 credits: int | None = None) -> None:
         from simulators.eiger_server import EigerStreamServer
         from stream.analysis_setup import AnalysisSetup
         from stream.service import Service, ServiceConfig
@@ -148,8 +150,8 @@ class Bench:
         config = ServiceConfig(setup=AnalysisSetup.default(), detector_endpoint=self.server.endpoint,
                                protocol=protocol, n_workers=n_workers, overflow=overflow,
                                series_timeout_s=120.0, results_timeout_s=60.0,
-                               **({} if max_batch is None else {"worker_max_batch": max_batch,
-                                                                "worker_credits": max_batch}))
+                               **({} if max_batch is None else {"worker_max_batch": max_batch}),
+                               **({} if credits is None else {"worker_credits": credits}))
         started = time.monotonic()
         self.service = Service(config).start()
         self.startup_s = time.monotonic() - started
@@ -241,6 +243,9 @@ def main() -> None:
     parser.add_argument("--distinct-frames", type=int, default=4, help="pre-rendered frames the simulator cycles")
     parser.add_argument("--rate-workers", type=int, nargs="*", default=[1, 2], help="worker counts of the fixed rates")
     parser.add_argument("--max-batch", type=int, help="the workers' --max-batch (default: the service's)")
+    parser.add_argument("--credits", type=int, help="the workers' --credits, frames in flight to each (default: the "
+                        "service's)")
+    parser.add_argument("--sustained-only", action="store_true", help="only the sustained rates (1 and 2 workers)")
     parser.add_argument("--quick", action="store_true", help="a short run (~1-2 min): fewer frames everywhere")
     args = parser.parse_args()
     if args.quick:
@@ -261,7 +266,8 @@ def main() -> None:
     # block first: the sustained rate (uint32, uint16) with 1 and 2 workers
     sustained = {}
     for n_workers in (1, 2):
-        bench = Bench(scan, n_workers=n_workers, overflow="block", max_batch=args.max_batch)
+        bench = Bench(scan, n_workers=n_workers, overflow="block", max_batch=args.max_batch,
+                      credits=args.credits)
         print(f"\n{n_workers} worker(s), overflow=block (service start-up {bench.startup_s:.1f} s)", flush=True)
         try:
             bench.warm_up(frames32, args.max_frames)
@@ -272,7 +278,7 @@ def main() -> None:
                 print(f"  max sustained {label}: {r['n']} frames in {r['elapsed_s']:.1f} s = {rate:.1f} frames/s "
                       f"({1e3 / rate:.1f} ms/frame), dropped {r['dropped']}, errors {r['errors'] or 0}; "
                       f"ingest -> placed {percentiles(r['collector_ms'])}", flush=True)
-            if n_workers == 2:
+            if n_workers == 2 and not args.sustained_only:
                 side = args.small_grid
                 r = bench.series(frames32, side * side, None, (side, side))
                 print(f"  {side} x {side} scan, all {side * side} frames in {r['elapsed_s']:.1f} s "
@@ -286,8 +292,9 @@ def main() -> None:
         finally:
             bench.close()
     # then drop: latency at fixed rates and at 90 % of the sustained rate (1 and 2 workers)
-    for n_workers in args.rate_workers:
-        bench = Bench(scan, n_workers=n_workers, overflow="drop", max_batch=args.max_batch)
+    for n_workers in [] if args.sustained_only else args.rate_workers:
+        bench = Bench(scan, n_workers=n_workers, overflow="drop", max_batch=args.max_batch,
+                      credits=args.credits)
         print(f"\n{n_workers} worker(s), overflow=drop (service start-up {bench.startup_s:.1f} s)", flush=True)
         try:
             bench.warm_up(frames32, args.rate_frames)
