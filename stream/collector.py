@@ -180,10 +180,9 @@ class Collector(LoopThread):
             if kind == wire.SERIES:
                 info, _mask = wire.decode_series(parts)
                 self._open(info)
-            elif kind == wire.RESULT:
-                meta, values, statuses = wire.decode_result(parts)
-                if not self._defer(meta, parts):
-                    self._on_result(meta, values, statuses)
+            elif kind in (wire.RESULT, wire.RESULTS):
+                for meta, values, statuses in wire.decode_results(parts):
+                    self._handle_result(meta, values, statuses)
             elif kind == wire.SUMMARY:
                 data = wire.loads(parts[1])
                 series = self.series.get(int(data["series_id"]))
@@ -217,6 +216,16 @@ class Collector(LoopThread):
             self.malformed += 1
             log.warning("collector ignored a bad message: %s", exc)
 
+    def _handle_result(self, meta: dict, values: np.ndarray, statuses: np.ndarray) -> None:
+        """One frame's result (of a batch): a bad one is counted and the others still placed."""
+        try:
+            # a single result message is what waits when its series is not open yet
+            if not self._defer(meta, lambda: wire.encode_result(meta, values, statuses)):
+                self._on_result(meta, values, statuses)
+        except Exception as exc:
+            self.malformed += 1
+            log.warning("collector ignored a bad result: %s", exc)
+
     def _open(self, info: wire.SeriesInfo) -> None:
         if info.series_id in self.series:
             self._finish(info.series_id, complete=False)
@@ -233,7 +242,7 @@ class Collector(LoopThread):
         for parts in held:  # results that overtook the series message
             self.handle(parts)
 
-    def _defer(self, meta: dict, parts: list[bytes]) -> bool:
+    def _defer(self, meta: dict, parts: list[bytes] | Callable[[], list[bytes]]) -> bool:
         """Whether a worker's message is not for now: held (its series has not opened yet) or
         dropped and counted (its series finished). False: handle it now (its series is open, or
         it names no series: reported where it is handled).
@@ -243,6 +252,8 @@ class Collector(LoopThread):
         meta : dict
             The message's metadata: ``series_id`` and, from a current ingest,
             ``series_instance``.
+        parts : list of bytes, or a callable returning them
+            The message to hold (a callable: made only when it is held).
         """
         series_id, instance = meta.get("series_id"), meta.get("series_instance")
         if not _is_count(series_id):
@@ -260,12 +271,14 @@ class Collector(LoopThread):
             return True
         return self._hold(series_id, parts)
 
-    def _hold(self, series_id: int, parts: list[bytes]) -> bool:
+    def _hold(self, series_id: int, parts: list[bytes] | Callable[[], list[bytes]]) -> bool:
         """Keep a message of a series not opened yet (True: the caller is done with it)."""
         if self._n_held >= MAX_HELD_MESSAGES:
             self.orphaned += 1
             log.warning("collector: too many messages of series not begun; dropped one of series %d", series_id)
             return True
+        if callable(parts):
+            parts = parts()
         self._held.setdefault(series_id, (time.monotonic(), []))[1].append(parts)
         self._n_held += 1
         return True

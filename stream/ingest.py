@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from analysis.errors import ProtocolError
 from stream.loop_thread import LoopThread
 from stream import wire
 from stream.accounting import SeriesAccounting
@@ -173,7 +174,12 @@ class Ingest(LoopThread):
                     self._send_series(identity)
                 log.info("worker %r ready (%d credits)", identity, credits)
             elif kind == wire.CREDIT:
-                self.credits[identity] = self.credits.get(identity, 0) + 1
+                try:
+                    granted = wire.decode_credit(parts[1:])
+                except ProtocolError as exc:
+                    log.warning("worker %r: %s; ignored", identity, exc)
+                    continue
+                self.credits[identity] = self.credits.get(identity, 0) + granted
             else:
                 log.warning("ignoring worker message of kind %r", kind)
 

@@ -12,8 +12,12 @@ kind               direction                   parts after the kind
                                                metadata's ``"stored"``, for a worker on the
                                                ingest's host that reads the store)
 ``ready``          worker -> ingest            JSON ``{"credits": n, "worker": name}``
-``credit``         worker -> ingest            (none): one more frame may be sent
+``credit``         worker -> ingest            (none): one more frame may be sent; or ASCII
+                                               ``n``: n more (one message for a batch)
 ``result``         worker -> collector         JSON metadata, values float64, statuses int32
+``results``        worker -> collector         the results of a batch of n frames: JSON list
+                                               of n metadata, values (n, p) float64, statuses
+                                               (n, p) int32
 ``summary``        ingest -> collector         JSON accounting summary + ``forwarded``
 ``problem``        ingest/worker -> collector  JSON ``{"series_id", "message"}``
 ``series_end``     ingest -> every worker      JSON ``{"series_id"}``: send your average pattern
@@ -38,6 +42,7 @@ FRAME = b"frame"
 READY = b"ready"
 CREDIT = b"credit"
 RESULT = b"result"
+RESULTS = b"results"
 SUMMARY = b"summary"
 PROBLEM = b"problem"
 SERIES_END = b"series_end"
@@ -263,6 +268,67 @@ def encode_result(meta: dict, values: np.ndarray, statuses: np.ndarray) -> list[
         np.ascontiguousarray(values, dtype="<f8").tobytes(),
         np.ascontiguousarray(statuses, dtype="<i4").tobytes(),
     ]
+
+
+MAX_CREDITS_PER_MESSAGE = 1 << 16
+"""A credit message naming more frames than this is malformed (a worker's batch is far smaller)."""
+
+
+def encode_credit(n_frames: int) -> list[bytes]:
+    """``n_frames`` more frames may be sent to this worker (the bare ``[CREDIT]`` for one)."""
+    return [CREDIT] if n_frames == 1 else [CREDIT, str(int(n_frames)).encode()]
+
+
+def decode_credit(parts: list) -> int:
+    """The frames a credit message (``[CREDIT]`` or ``[CREDIT, n]``, as the worker sent it, without
+    the ROUTER's identity part) grants.
+
+    Raises
+    ------
+    ProtocolError
+        A count that is not a decimal integer in 1 .. :data:`MAX_CREDITS_PER_MESSAGE`.
+    """
+    if len(parts) < 2:
+        return 1
+    text = bytes(parts[1])
+    if len(parts) > 2 or not text.isdigit() or not 1 <= int(text) <= MAX_CREDITS_PER_MESSAGE:
+        raise ProtocolError(f"bad credit message: {text[:20]!r} (expected 1 .. {MAX_CREDITS_PER_MESSAGE})")
+    return int(text)
+
+
+def encode_results(metas: list[dict], values: np.ndarray, statuses: np.ndarray) -> list[bytes]:
+    """The results of a batch in one message: frame ``k`` has ``metas[k]``, ``values[k]`` and
+    ``statuses[k]`` (arrays of shape (n, p): float64, int32)."""
+    values, statuses = np.asarray(values), np.asarray(statuses)
+    if values.shape != statuses.shape or values.ndim != 2 or values.shape[0] != len(metas):
+        raise ValueError(f"{len(metas)} results with values {values.shape} and statuses {statuses.shape}")
+    return [RESULTS, dumps(metas), np.ascontiguousarray(values, dtype="<f8").tobytes(),
+            np.ascontiguousarray(statuses, dtype="<i4").tobytes()]
+
+
+def decode_results(parts: list) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+    """(metadata, values float64 (p,), statuses int32 (p,)) of each frame of a ``result`` or a
+    ``results`` message.
+
+    Raises
+    ------
+    ProtocolError
+        Wrong part count, metadata that is not a list of objects, or arrays that do not hold
+        one row of the same length per frame.
+    """
+    if bytes(parts[0]) == RESULT:
+        return [decode_result(parts)]
+    if len(parts) != 4:
+        raise ProtocolError(f"results message has {len(parts)} parts, expected 4")
+    metas = loads(parts[1])
+    if not isinstance(metas, list) or not metas or not all(isinstance(m, dict) for m in metas):
+        raise ProtocolError("results metadata is not a non-empty list of objects")
+    values = np.frombuffer(bytes(parts[2]), dtype="<f8")
+    statuses = np.frombuffer(bytes(parts[3]), dtype="<i4")
+    if values.size != statuses.size or values.size % len(metas):
+        raise ProtocolError(f"{len(metas)} results but {values.size} values and {statuses.size} statuses")
+    values, statuses = values.reshape(len(metas), -1), statuses.reshape(len(metas), -1)
+    return list(zip(metas, values, statuses))
 
 
 def decode_result(parts: list) -> tuple[dict, np.ndarray, np.ndarray]:

@@ -139,12 +139,13 @@ class Worker:
         self._flush(frames, dealer, results)
 
     def _flush(self, frames, dealer, results) -> None:
-        """Analyse a batch of frame messages, send one result and one credit per frame."""
+        """Analyse a batch of frame messages; send their results in one message, then one credit
+        message for all of them (two messages per batch, not two per frame: fewer wake-ups of
+        the ingest and collector threads that share the cores with the workers)."""
         if not frames:
             return
-        for result in self._on_frames(frames):
-            results.send_multipart(result)
-            dealer.send_multipart([wire.CREDIT])
+        results.send_multipart(self._on_frames(frames))
+        dealer.send_multipart(wire.encode_credit(len(frames)))
         if self._store_unreadable and self._stored is not None:
             log.warning("worker %s: cannot read the frame store; receiving payloads from now on", self.name)
             self._stored.close()
@@ -189,8 +190,9 @@ class Worker:
         average.reset()
         return parts
 
-    def _on_frames(self, batch) -> list[list[bytes]]:
-        """Analyse frames into one result each; a result's ``error`` says why its frame failed,
+    def _on_frames(self, batch) -> list[bytes]:
+        """Analyse frames into one ``results`` message (:func:`stream.wire.encode_results`), a
+        result per frame in their order; a result's ``error`` says why its frame failed,
         and ``undecodable`` whether its payload could not be decompressed (a frame the
         accounting must count). Frames that decode are analysed together; one that breaks the
         batch is retried alone, so it fails without taking the others with it."""
@@ -204,7 +206,9 @@ class Worker:
                     regrouped.append(record)
             self._analyse(regrouped)
         self.frames_done += len(records)
-        return [self._result(record) for record in records]
+        return wire.encode_results([self._result_meta(record) for record in records],
+                                   np.stack([record.values for record in records]),
+                                   np.stack([record.statuses for record in records]))
 
     def _received(self, parts) -> "_FrameRecord":
         n_params = len(self.analyzers.parameter_names)
@@ -297,9 +301,9 @@ class Worker:
             record.values[:] = v
             record.statuses[:] = s
 
-    def _result(self, record: "_FrameRecord") -> list[bytes]:
+    def _result_meta(self, record: "_FrameRecord") -> dict:
         meta = record.meta
-        out = {
+        return {
             "series_id": meta.get("series_id"),
             "series_instance": meta.get("series_instance"),
             "frame_index": meta.get("frame_index"),
@@ -310,7 +314,6 @@ class Worker:
             "error": record.error,
             "undecodable": record.undecodable,
         }
-        return wire.encode_result(out, record.values, record.statuses)
 
 
 @dataclass(eq=False)

@@ -131,3 +131,49 @@ def test_a_reused_series_id_is_told_apart_by_the_series_instance(collector_and_p
     second = outcomes.get(timeout=10)
     assert second.results == 2 and second.info.instance == 200 and collector.orphaned == 2
     np.testing.assert_array_equal(second.maps.values["saxs_intensity"].ravel()[:2], [5.0, 2.0])
+
+
+def _results(series_id: int, indices, instance: int | None = None) -> list:
+    """One ``results`` message for a batch of frames (value 10 k + 1 for frame k)."""
+    metas = [{"series_id": series_id, "frame_index": k, "series_instance": instance} for k in indices]
+    values = np.array([[10.0 * k + 1, 2.5] for k in indices])
+    return wire.encode_results(metas, values, np.zeros(values.shape, np.int32))
+
+
+def test_a_batch_of_results_is_placed_and_a_bad_frame_in_it_loses_no_other(collector_and_pushes):
+    """A worker sends a batch's results in one message; a frame of it that cannot be placed (no
+    frame index) is counted as malformed, the others are placed; a batch that overtakes its
+    series message is held frame by frame."""
+    collector, outcomes, (ingest, worker) = collector_and_pushes
+    worker.send_multipart(_results(4, [0, 1]))  # before its series: held
+    _wait_held(collector, 2)
+    series, summary = _series_and_summary(4, 5)
+    ingest.send_multipart(series)
+    batch = _results(4, [2, 3, 4])
+    metas = wire.loads(batch[1])
+    del metas[1]["frame_index"]
+    batch[1] = wire.dumps(metas)
+    worker.send_multipart(batch)
+    worker.send_multipart(_results(4, [3]))  # frame 3 again, whole
+    ingest.send_multipart(summary)
+    outcome = outcomes.get(timeout=10)
+    np.testing.assert_array_equal(outcome.maps.values["saxs_intensity"].ravel()[:5], [1.0, 11.0, 21.0, 31.0, 41.0])
+    assert collector.malformed == 1 and collector._n_held == 0 and collector.orphaned == 0
+
+
+def test_malformed_results_messages_are_protocol_errors():
+    from analysis.errors import ProtocolError
+
+    good = _results(1, [0, 1])
+    assert [meta["frame_index"] for meta, _, _ in wire.decode_results(good)] == [0, 1]
+    for bad in ([wire.RESULTS, good[1], good[2]],  # a part missing
+                [wire.RESULTS, wire.dumps([]), b"", b""],  # no frame
+                [wire.RESULTS, wire.dumps({"frame_index": 0}), good[2], good[3]],  # not a list
+                [wire.RESULTS, good[1], good[2][:-8], good[3]],  # 3 values for 2 frames x 2
+                [wire.RESULTS, b"{not json", good[2], good[3]]):
+        with pytest.raises(ProtocolError):
+            wire.decode_results(bad)
+    assert wire.decode_credit([wire.CREDIT]) == 1 and wire.decode_credit(wire.encode_credit(6)) == 6
+    for bad in (b"0", b"-2", b"x", b"1e3", str(wire.MAX_CREDITS_PER_MESSAGE + 1).encode()):
+        with pytest.raises(ProtocolError):
+            wire.decode_credit([wire.CREDIT, bad])

@@ -244,8 +244,8 @@ def _image(index: int) -> ImageFrame:
 
 
 def _result(router, pull):
-    meta, values, statuses = wire.decode_result(pull.recv_multipart())
-    assert router.recv_multipart()[1] == wire.CREDIT
+    (meta, values, statuses), = wire.decode_results(pull.recv_multipart())  # a batch of one (max_batch=1)
+    assert router.recv_multipart()[1:] == [wire.CREDIT]
     return meta, values, statuses
 
 

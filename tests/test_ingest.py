@@ -176,6 +176,26 @@ def test_frames_go_only_to_workers_with_credit_and_late_worker_gets_header(harne
     assert got == [1, 2]
 
 
+def test_one_credit_message_can_grant_several_frames_and_a_bad_one_grants_none(harness_factory):
+    """A worker returns a batch's credits in one message ``[CREDIT, b"n"]``; a count that is not
+    1 .. MAX_CREDITS_PER_MESSAGE is ignored (logged), and the ingest goes on."""
+    harness = harness_factory()
+    worker = harness.add_worker(credits=1)
+    harness.send(encode_v1_start(start_message(n_images=5)))
+    for index in range(5):
+        harness.send(encode_v1_image(image_message(index)))
+    assert receive(worker)[0] == wire.SERIES
+    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
+    worker.send_multipart([wire.CREDIT, b"-3"])
+    worker.send_multipart([wire.CREDIT, b"many"])
+    assert not worker.poll(300), "a malformed credit must not grant frames"
+    worker.send_multipart(wire.encode_credit(3))
+    assert [wire.decode_frame(receive(worker))[0]["frame_index"] for _ in range(3)] == [1, 2, 3]
+    assert not worker.poll(300), "three credits, three frames"
+    worker.send_multipart([wire.CREDIT])
+    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 4
+
+
 def test_drop_policy_counts_every_dropped_frame(harness_factory):
     harness = harness_factory(overflow="drop", max_queue=2)
     worker = harness.add_worker(credits=1)

@@ -98,13 +98,20 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
         router.send_multipart([identity, *parts])
     release.set()
 
-    results = [wire.decode_result(pull.recv_multipart()) for _ in messages]
-    credits = [router.recv_multipart() for _ in messages]
+    results, credits, batches = [], [], []
+    while len(results) < len(messages):  # one results message and one credit message per batch
+        batch = wire.decode_results(pull.recv_multipart())
+        results += batch
+        batches.append(len(batch))
+        identity_back, *credit = router.recv_multipart()
+        assert identity_back == identity and credit[0] == wire.CREDIT
+        credits.append(wire.decode_credit(credit))
     stop.set()
     thread.join(10)
 
     assert [meta["frame_index"] for meta, _, _ in results] == list(range(7))
-    assert all(parts[1] == wire.CREDIT for parts in credits)
+    assert credits == batches and sum(credits) == len(messages)  # every frame's credit came back
+    assert max(batches) > 1  # frames that waited came back in one message
     assert max(batch_sizes) > 1 and sum(batch_sizes) >= 6  # frames waited and went together
     for meta, values, statuses in results:
         index = meta["frame_index"]
