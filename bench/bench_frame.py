@@ -44,41 +44,18 @@ def main() -> None:
     from dectris.compression import decompress as dectris_decompress
     from scipy.optimize import curve_fit
 
-    from analysis.frame_analysis import FrameAnalyzer
     from analysis.gauss2d_model import gauss2d_model
     from analysis.regroup_kernel import regroup_frame
-    from simulators.synthetic_scan import SyntheticScan, SyntheticScanConfig
-    from stream.analysis_setup import AnalysisSetup
-    from stream.codecs import compress, decompress
-    from stream.config_files import load_geometry, load_peak_model
-    from stream.bslz4_regroup import FusedRegroup
+    from stream.codecs import decompress
+    from worker_path import WorkerPath
 
-    scan = SyntheticScan(SyntheticScanConfig())
-    inside = np.argwhere(scan.truth.maps["sc_mask"] > 0)
-    frame = scan.frame(scan.grid.frame_index(*inside[len(inside) // 2]))
-    payload = compress(frame, "bslz4")
-    batch_payloads = [compress(scan.frame(scan.grid.frame_index(*inside[k])), "bslz4")
-                      for k in np.linspace(0, len(inside) - 1, args.batch).astype(int)]
-    setup = AnalysisSetup.default()
-    geometry, model = load_geometry(setup.poni_path), load_peak_model(setup.peaks_path)
-    analyzer = FrameAnalyzer(geometry, model, pixel_mask=scan.pixel_mask,
-                             background=scan.renderer.background_expected, williamson_hall_L_nm=6.8)
-    analyzer.warm_up()
+    path = WorkerPath(args.batch)
+    scan, frame, payload, batch_payloads = path.scan, path.frame, path.payload, path.batch_payloads
+    geometry, analyzer, fused = path.geometry, path.analyzer, path.fused
     values = np.empty(len(analyzer.parameter_names))
     statuses = np.empty(values.shape, np.int32)
     n = args.frames
-
-    fused = FusedRegroup(analyzer.table, np.uint32)
-    fused.warm_up()
-    batch_values = np.empty((args.batch, values.size))
-    batch_statuses = np.empty((args.batch, values.size), np.int32)
-
-    def worker_path(payloads) -> None:
-        """What a worker does with frames waiting for it: fused decode + regroup of each into its
-        batch slot, then the fits and physics of the whole batch at once."""
-        for slot, blob in enumerate(payloads):
-            fused.regroup(blob, background=analyzer.background, out=analyzer.batch.slots[slot])
-        analyzer.analyse_regrouped(len(payloads), batch_values, batch_statuses, accumulate=False)
+    worker_path = path.run
 
     ours = {
         "decode (bitshuffle C, whole frame)": lambda: decompress(payload, "bslz4", "uint32", frame.shape),

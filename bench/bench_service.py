@@ -15,6 +15,10 @@ frames (bitshuffle-LZ4), and measures, in one run:
   batches, the last frames in flight) weigh ~1 % of it, not ~5 % as over 300; measured first,
   so that the fixed rates end with one at 90 % of it (at least 2 s of frames): the latency near
   the maximum rate, and whether frames are dropped there;
+* where the 2-worker rate goes: the worker's analysis alone (no service, no simulator, no
+  messages) in 1 process and in 2 at once, and the CPU per frame of the workers and of the service
+  process (with the in-process simulator and subscriber) in the 2-worker run, which bound the
+  2-worker rate on this machine's cores;
 * peak RSS (``VmHWM`` from ``/proc``) of the service process and of every worker for a 61 x 61
   scan (all 3721 frames) and for a 200 x 200 scan after ``--big-frames`` frames, and the map-state
   size (n_parameters x points x 12 bytes) that is what grows with the scan.
@@ -160,9 +164,13 @@ class Bench:
         self.subscriber.start()
         self.sent_at: list[float] = []
         self.series_id = 0
+        self._pids: dict = {}
+        self._cpu_at_first: dict = {}
 
     def _stamp(self, frame_index0: int):
         """Called by the server for each image just before it is paced and sent: records the time."""
+        if not self.sent_at:  # the series' CPU is counted from its first frame (not its header's encoding)
+            self._cpu_at_first = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
         self.sent_at.append(time.monotonic())
         return None
 
@@ -181,7 +189,7 @@ class Bench:
         for position in range(source.n_frames):
             source.chunk(position)  # compress before the clock starts
         self.sent_at = []
-        pids = {"service": "self", **{p.name: p.pid for p in self.service.workers}}
+        self._pids = pids = {"service": "self", **{p.name: p.pid for p in self.service.workers}}
         for pid in pids.values():
             reset_peak_rss(pid)
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -209,7 +217,10 @@ class Bench:
             "published_ms": published_ms[np.isfinite(published_ms)],
             "received": summary.received if summary else None, "dropped": summary.dropped if summary else None,
             "results": outcome.results, "errors": dict(outcome.analysis_errors),
-            "rss_kib": self.rss_kib(), "cpu_cores": cores, "map_bytes": len(self.service.config.setup.parameter_names()) * grid.n_points * 12,
+            "rss_kib": self.rss_kib(), "cpu_cores": cores,
+            "cpu_s_from_first": {name: cpu_end[name] - self._cpu_at_first[name] for name in pids
+                                 if cpu_end[name] is not None and self._cpu_at_first.get(name) is not None},
+            "map_bytes": len(self.service.config.setup.parameter_names()) * grid.n_points * 12,
         }
 
     def warm_up(self, frames: np.ndarray, n_frames: int) -> None:
@@ -227,6 +238,61 @@ class Bench:
         self.subscriber.join(2)
         self.service.stop()
         self.server.close()
+
+
+def _analysis_process(batch: int, n_batches: int, barrier, results) -> None:
+    """In a spawned process: the worker's batch path on synthetic frames, timed after every process
+    of the group is warmed up (``barrier``); puts CPU ms per frame on ``results``."""
+    from worker_path import WorkerPath
+
+    path = WorkerPath(batch)
+    for _ in range(3):
+        path.run(path.batch_payloads)
+    barrier.wait()
+    started = time.process_time()
+    for _ in range(n_batches):
+        path.run(path.batch_payloads)
+    results.put(1e3 * (time.process_time() - started) / (n_batches * batch))
+
+
+def analysis_alone(n_processes: int, batch: int = 8, n_batches: int = 60) -> list[float]:
+    """CPU ms per frame of ``n_processes`` analysis processes running at once, with no service, no
+    simulator and no messages: what the workers alone cost when they share the machine."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(n_processes), context.Queue()
+    processes = [context.Process(target=_analysis_process, args=(batch, n_batches, barrier, results))
+                 for _ in range(n_processes)]
+    for process in processes:
+        process.start()
+    per_frame = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(60)
+    return per_frame
+
+
+def print_scaling_ceiling(sustained: dict, cpu_per_frame: dict) -> None:
+    """Where the 2-worker rate goes: the analysis alone in 1 and 2 processes, and the CPU per
+    frame that the service process (ingest, collector, and here also the simulator and the
+    subscriber) takes from the same cores in the 2-worker run."""
+    one, two = analysis_alone(1)[0], analysis_alone(2)
+    two_each = sum(two) / len(two)
+    cores = os.cpu_count() or 1
+    print(f"\nanalysis alone (no service, no simulator), batches of 8: 1 process {one:.2f} ms/frame, "
+          f"2 at once {two_each:.2f} ms/frame each -> 2 workers alone could reach "
+          f"{2 * one / two_each:.2f}x 1 worker", flush=True)
+    if (1, "uint32") in cpu_per_frame:
+        worker_ms, service_ms = cpu_per_frame[(1, "uint32")]
+        print(f"1-worker uint32 run: worker {worker_ms:.2f} + service process {service_ms:.2f} ms of CPU per frame",
+              flush=True)
+    if (2, "uint32") in cpu_per_frame:
+        workers_ms, service_ms = cpu_per_frame[(2, "uint32")]
+        ceiling_ms = (workers_ms + service_ms) / min(cores, 2)
+        print(f"2-worker uint32 run: workers {workers_ms:.2f} + service process {service_ms:.2f} ms of CPU per "
+              f"frame on {cores} cores -> at most {1e3 / ceiling_ms:.0f} frames/s; with 1 worker at "
+              f"{sustained.get((1, 'uint32'), float('nan')):.0f} frames/s that is at most "
+              f"{1e3 / ceiling_ms / sustained.get((1, 'uint32'), float('nan')):.2f}x", flush=True)
 
 
 def rss_line(rss: dict) -> str:
@@ -265,7 +331,7 @@ def main() -> None:
           f"{(frames32.nbytes + frames16.nbytes) / 2**20:.0f} MiB of raw frames in the service process", flush=True)
 
     # block first: the sustained rate (uint32, uint16) with 1 and 2 workers
-    sustained = {}
+    sustained, cpu_per_frame = {}, {}  # (workers, dtype) -> frames/s; -> (workers, service) CPU ms per frame
     for n_workers in (1, 2):
         bench = Bench(scan, n_workers=n_workers, overflow="block", max_batch=args.max_batch,
                       credits=args.credits)
@@ -276,6 +342,9 @@ def main() -> None:
                 r = bench.series(frames, args.max_frames, None)
                 rate = r["n"] / r["elapsed_s"]
                 sustained[(n_workers, label)] = rate
+                cpu_per_frame[(n_workers, label)] = tuple(
+                    1e3 * sum(c for name, c in r["cpu_s_from_first"].items() if (name == "service") == is_service)
+                    / r["n"] for is_service in (False, True))
                 print(f"  max sustained {label}: {r['n']} frames in {r['elapsed_s']:.1f} s = {rate:.1f} frames/s "
                       f"({1e3 / rate:.1f} ms/frame), dropped {r['dropped']}, errors {r['errors'] or 0}; "
                       f"ingest -> placed {percentiles(r['collector_ms'])}", flush=True)
@@ -323,6 +392,8 @@ def main() -> None:
         one, two = sustained.get((1, label)), sustained.get((2, label))
         if one and two:
             print(f"2 workers / 1 worker ({label}): {two / one:.2f}x", flush=True)
+    if not args.quick:
+        print_scaling_ceiling(sustained, cpu_per_frame)
     print(f"load average {os.getloadavg()[0]:.2f} at end", flush=True)
 
 
