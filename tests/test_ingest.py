@@ -161,14 +161,21 @@ def test_every_message_of_a_series_names_its_instance(harness_factory):
     assert isinstance(instances[0], int) and instances[1] > instances[0]
 
 
+def _worker_with_frame_0(harness, n_images: int):
+    """A worker of one credit, a series of ``n_images`` frames sent: the worker has the series
+    message and frame 0, the other frames wait in the ingest."""
+    worker = harness.add_worker(credits=1)
+    harness.send(encode_v1_start(start_message(n_images=n_images)))
+    for index in range(n_images):
+        harness.send(encode_v1_image(image_message(index)))
+    assert receive(worker)[0] == wire.SERIES
+    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
+    return worker
+
+
 def test_frames_go_only_to_workers_with_credit_and_late_worker_gets_header(harness_factory):
     harness = harness_factory()
-    first = harness.add_worker(credits=1)
-    harness.send(encode_v1_start(start_message(n_images=3)))
-    for index in range(3):
-        harness.send(encode_v1_image(image_message(index)))
-    assert receive(first)[0] == wire.SERIES
-    assert wire.decode_frame(receive(first))[0]["frame_index"] == 0
+    first = _worker_with_frame_0(harness, 3)
     assert not first.poll(300), "a worker without credit must not get frames"
     late = harness.add_worker(credits=5)
     assert receive(late)[0] == wire.SERIES, "a new worker gets the current header first"
@@ -180,12 +187,7 @@ def test_one_credit_message_can_grant_several_frames_and_a_bad_one_grants_none(h
     """A worker returns a batch's credits in one message ``[CREDIT, b"n"]``; a count that is not
     1 .. MAX_CREDITS_PER_MESSAGE is ignored (logged), and the ingest goes on."""
     harness = harness_factory()
-    worker = harness.add_worker(credits=1)
-    harness.send(encode_v1_start(start_message(n_images=5)))
-    for index in range(5):
-        harness.send(encode_v1_image(image_message(index)))
-    assert receive(worker)[0] == wire.SERIES
-    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
+    worker = _worker_with_frame_0(harness, 5)
     worker.send_multipart([wire.CREDIT, b"-3"])
     worker.send_multipart([wire.CREDIT, b"many"])
     assert not worker.poll(300), "a malformed credit must not grant frames"
