@@ -18,6 +18,8 @@ class WorkerPath:
     Attributes
     ----------
     scan : simulators.synthetic_scan.SyntheticScan
+    geometry : analysis.geometry.DetectorGeometry
+        The default set-up's geometry (its PONI file).
     frame : ndarray, shape (2167, 2070), uint32
         One frame from the middle of the crystal; ``payload`` is its bitshuffle-LZ4 chunk.
     batch_payloads : list of bytes
@@ -43,8 +45,8 @@ class WorkerPath:
         self.batch_payloads = [compress(scan.frame(scan.grid.frame_index(*inside[k])), "bslz4")
                                for k in np.linspace(0, len(inside) - 1, batch).astype(int)]
         setup = AnalysisSetup.default()
-        self.geometry, self.model = load_geometry(setup.poni_path), load_peak_model(setup.peaks_path)
-        self.analyzer = FrameAnalyzer(self.geometry, self.model, pixel_mask=scan.pixel_mask,
+        self.geometry = load_geometry(setup.poni_path)
+        self.analyzer = FrameAnalyzer(self.geometry, load_peak_model(setup.peaks_path), pixel_mask=scan.pixel_mask,
                                       background=scan.renderer.background_expected, williamson_hall_L_nm=6.8)
         self.analyzer.warm_up()
         self.fused = FusedRegroup(self.analyzer.table, np.uint32)
