@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from analysis.errors import ConfigurationError
+from analysis.frame_rows import FrameRows, GrowingRows
 from analysis.scan_grid import ScanGrid
 
 log = logging.getLogger(__name__)
@@ -210,11 +211,11 @@ class RunDocuments:
     layout: RunLayout
     detector_series: int | None = None
     streams: dict[str, _Stream] = field(default_factory=dict)
-    point_of_frame: dict[int, int] = field(default_factory=dict)
-    time_of_frame: dict[int, float] = field(default_factory=dict)
-    readings: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    point_of_frame: FrameRows = field(default_factory=lambda: FrameRows(np.int64))
+    time_of_frame: FrameRows = field(default_factory=lambda: FrameRows(np.float64))
+    readings: dict[str, GrowingRows] = field(default_factory=dict)  # (timestamp, value) per motor
     observed_until: dict[str, float] = field(default_factory=dict)
-    held: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    held: dict[str, GrowingRows] = field(default_factory=dict)  # (timestamp, read at, value) per motor
     unit_to_um: list[float] = field(default_factory=lambda: [1.0, 1.0])
     origin: tuple[float, float] | None = None
     stopped: bool = False
@@ -229,8 +230,8 @@ class RunDocuments:
             self.detector_series = self.layout.detector_series
         if not self.layout.relative:
             self.origin = (0.0, 0.0)
-        self.readings = {m: [] for m in self.layout.motors if m}
-        self.held = {m: [] for m in self.readings}
+        self.readings = {m: GrowingRows(np.float64, (2,)) for m in self.layout.motors if m}
+        self.held = {m: GrowingRows(np.float64, (3,)) for m in self.readings}
         self._sorted: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- documents ------------------------------------------------------------------------------
@@ -290,10 +291,10 @@ class RunDocuments:
             if stream.name != "primary":
                 return
             point = int(doc["seq_num"]) - 1
-            self.point_of_frame[point if frame is None else frame] = point
+            self.point_of_frame.put(point if frame is None else frame, point)
             self._check_position(point, data)
         elif frame is not None:
-            self.time_of_frame[frame] = float(timestamps.get(stream.frame_key, event_time))
+            self.time_of_frame.put(frame, float(timestamps.get(stream.frame_key, event_time)))
 
     def _check_position(self, point: int, data: Mapping) -> None:
         """Set the origin of a relative scan; count readings more than half a step off their point."""
@@ -315,15 +316,15 @@ class RunDocuments:
     def _motor_at(self, motor: str, time_s: float) -> float | None:
         if motor not in self._sorted:
             samples = self.readings[motor]
-            if not samples:
+            if not len(samples):
                 return None
-            array = np.asarray(samples, dtype=np.float64)
+            array = samples.rows
             order = np.argsort(array[:, 0], kind="stable")
             times, values = array[order, 0], array[order, 1]
             # a reading made after its readback's timestamp holds the value until the read, unless a
             # readback in between (the motor moving) says otherwise
             extra = []
-            for stamp, read_at, value in self.held[motor]:
+            for stamp, read_at, value in self.held[motor].rows:
                 between = values[np.searchsorted(times, stamp, "right"):np.searchsorted(times, read_at, "right")]
                 if np.all(between == value):
                     extra.append((read_at, value))
@@ -340,11 +341,12 @@ class RunDocuments:
     def pixel(self, frame_index: int) -> tuple[int, int] | None:
         """(row, column) of a detector frame; OUTSIDE when off the grid; None when not known yet."""
         if self.layout.mode == "step":
-            point = self.point_of_frame.get(int(frame_index))
-            return None if point is None else self.layout.point_pixel(point)
-        time_s = self.time_of_frame.get(int(frame_index))
+            point = self.point_of_frame.get(frame_index)
+            return None if point is None else self.layout.point_pixel(int(point))
+        time_s = self.time_of_frame.get(frame_index)
         if time_s is None:
             return None
+        time_s = float(time_s)
         position = []
         for axis, motor in enumerate(self.layout.motors):
             if not motor:

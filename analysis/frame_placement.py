@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from analysis.document_placement import OUTSIDE
+from analysis.frame_rows import FrameRows
 from analysis.map_state import MapState
 from analysis.scan_grid import ScanGrid
 
@@ -43,7 +44,8 @@ class FrameMap:
 
     def __init__(self, grid: ScanGrid, parameters: Sequence[str]) -> None:
         self.parameters = tuple(parameters)
-        self.frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        n = len(self.parameters)
+        self.frames = FrameRows([("values", "<f8", (n,)), ("statuses", "<i4", (n,))])
         self.pending: set[int] = set()
         self.outside: set[int] = set()
         self.grid = grid
@@ -68,8 +70,8 @@ class FrameMap:
             self.outside.add(frame_index)
             return False
         self.outside.discard(frame_index)
-        values, statuses = self.frames[frame_index]
-        self.maps.update(pixel[0], pixel[1], values, statuses)
+        row = self.frames.get(frame_index)
+        self.maps.update(pixel[0], pixel[1], row["values"], row["statuses"])
         return True
 
     def add(self, frame_index: int, values: np.ndarray, statuses: np.ndarray) -> bool:
@@ -82,7 +84,7 @@ class FrameMap:
         statuses : ndarray of int32, shape (n_parameters,)
         """
         frame_index = int(frame_index)
-        self.frames[frame_index] = (np.array(values, dtype=np.float64), np.array(statuses, dtype=np.int32))
+        self.frames.put(frame_index, (values, statuses))
         return self._place(frame_index)
 
     def set_layout(self, grid: ScanGrid, pixel_of: PixelOf) -> None:
@@ -91,7 +93,7 @@ class FrameMap:
         self.maps = MapState(grid.shape, self.parameters)
         self.pending.clear()
         self.outside.clear()
-        for frame_index in sorted(self.frames):
+        for frame_index in self.frames.indices().tolist():
             self._place(frame_index)
 
     def retry(self) -> int:
@@ -106,7 +108,7 @@ class FrameMap:
             if pixel is None or pixel == OUTSIDE:
                 continue
             self.pending.discard(frame_index)
-            values, statuses = self.frames[frame_index]
-            self.maps.update(pixel[0], pixel[1], values, statuses)
+            row = self.frames.get(frame_index)
+            self.maps.update(pixel[0], pixel[1], row["values"], row["statuses"])
             placed += 1
         return placed

@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 import zmq
 
+from analysis.frame_rows import GrowingRows
 from analysis.map_state import MapState
 from analysis.scan_grid import ScanGrid
 from analysis.status import Status
@@ -49,10 +50,11 @@ class SeriesOutcome:
 
     ``summary`` is the ingest's accounting with the frames the workers could not decompress
     merged in (counted undecodable with their reasons, not received); ``analysis_errors``
-    holds only the failures of frames that were decoded. ``latencies_ms``: per result, ingest
-    receive -> placed on the map; ``latency_parts_ms`` splits it into (waiting for a worker:
-    queued in the ingest and in transit, analysis in the worker from its receipt of the frame,
-    result delivery and placement), from the wall clocks of the three processes.
+    holds only the failures of frames that were decoded. ``latencies_ms`` (float64, (n,)):
+    per result, ingest receive -> placed on the map; ``latency_parts_ms`` (float64, (m, 3), the
+    results that carry the worker's clocks) splits it into (waiting for a worker: queued in the
+    ingest and in transit, analysis in the worker from its receipt of the frame, result delivery
+    and placement), from the wall clocks of the three processes.
     """
 
     info: wire.SeriesInfo
@@ -62,8 +64,8 @@ class SeriesOutcome:
     results: int
     analysis_errors: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
-    latency_parts_ms: list[tuple[float, float, float]] = field(default_factory=list)
+    latencies_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    latency_parts_ms: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     complete: bool = True
     average: object = None  # analysis.average_pattern.AveragePatternResult, when analysed
 
@@ -78,8 +80,8 @@ class _Series:
         self.results = 0
         self.errors: dict[str, int] = {}
         self.problems: list[str] = []
-        self.latencies_ms: list[float] = []
-        self.latency_parts_ms: list[tuple[float, float, float]] = []
+        self.latencies_ms = GrowingRows(np.float64)  # 8 bytes per frame, however long the scan
+        self.latency_parts_ms = GrowingRows(np.float64, (3,))
         self.summary_at: float | None = None
         self.outside_grid = 0
         self.workers: list[str] | None = None
@@ -358,7 +360,7 @@ class Collector(LoopThread):
         outcome = SeriesOutcome(
             info=series.info, grid=series.grid, maps=series.maps, summary=summary,
             results=series.results, analysis_errors=series.errors, problems=series.problems,
-            latencies_ms=series.latencies_ms, latency_parts_ms=series.latency_parts_ms,
+            latencies_ms=series.latencies_ms.rows.copy(), latency_parts_ms=series.latency_parts_ms.rows.copy(),
             complete=complete and series.summary is not None,
             average=average,
         )

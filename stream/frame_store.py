@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from analysis.errors import ConfigurationError, ProtocolError
+from analysis.frame_rows import FrameRows
 from stream import wire
 from stream.messages import ImageFrame
 
@@ -162,15 +163,36 @@ class StoredFrameMeta:
     n_bytes: int
 
 
+_INDEX_DTYPE = np.dtype([("offset", "<i8"), ("n_bytes", "<i8"), ("kind", "<i2")])
+"""One stored frame: where its payload lies, and its (shape, dtype, compression) as a number."""
+MAX_KINDS = 32767
+"""Distinct (shape, dtype, compression) of one series' frames kept at most (a real one has 1)."""
+
+
 @dataclass
 class _SeriesFile:
     path: str
     fd: int
     generation: int
     size: int = 0
-    index: dict[int, tuple[int, StoredFrameMeta]] = field(default_factory=dict)
+    index: FrameRows = field(default_factory=lambda: FrameRows(_INDEX_DTYPE))
+    kinds: dict[tuple, int] = field(default_factory=dict)
+    kind_keys: list[tuple] = field(default_factory=list)
     header: tuple[wire.SeriesInfo, np.ndarray | None] | None = None
     full: bool = False
+
+    def kind_of(self, frame: ImageFrame) -> int | None:
+        """The number of ``frame``'s (shape, dtype, compression), None beyond :data:`MAX_KINDS`."""
+        key = (tuple(frame.shape), frame.dtype, frame.compression)
+        kind = self.kinds.get(key)
+        if kind is None and len(self.kinds) < MAX_KINDS:
+            kind = self.kinds[key] = len(self.kind_keys)
+            self.kind_keys.append(key)
+        return kind
+
+    def meta(self, series_id: int, frame_index: int, kind: int, n_bytes: int) -> StoredFrameMeta:
+        shape, dtype, compression = self.kind_keys[kind]
+        return StoredFrameMeta(series_id, frame_index, shape, dtype, compression, n_bytes)
 
 
 class FrameStore:
@@ -242,6 +264,11 @@ class FrameStore:
                                 frame.series_id, self.max_series_bytes)
                     series.full = True
                 return None
+            kind = series.kind_of(frame)
+            if kind is None:
+                log.warning("frame store: series %d has more than %d frame shapes and types; frame %d is not kept",
+                            frame.series_id, MAX_KINDS, frame.frame_index)
+                return None
             written = 0
             view = memoryview(payload).cast("B")
             try:
@@ -252,10 +279,12 @@ class FrameStore:
                           frame.series_id, frame.frame_index, exc)
                 series.full = True
                 return None
-            meta = StoredFrameMeta(frame.series_id, frame.frame_index, tuple(frame.shape), frame.dtype,
-                                   frame.compression, n_bytes)
             offset = DATA_START + series.size
-            series.index[frame.frame_index] = (offset, meta)
+            try:
+                series.index.put(frame.frame_index, (offset, n_bytes, kind))
+            except ValueError as exc:  # a negative frame number: never sent to a worker either
+                log.warning("frame store: series %d: %s; not kept", frame.series_id, exc)
+                return None
             series.size += n_bytes
             return StoredLocation(series.path, series.generation, offset, n_bytes)
 
@@ -322,10 +351,12 @@ class FrameStore:
         """The stored frame, or None when that series or frame is not (or no longer) kept."""
         with self._lock:
             series = self._series.get(series_id)
-            if series is None or frame_index not in series.index:
+            row = None if series is None else series.index.get(frame_index)
+            if row is None:
                 return None
-            offset, meta = series.index[frame_index]
-            payload = os.pread(series.fd, meta.n_bytes, offset)
+            offset, n_bytes = int(row["offset"]), int(row["n_bytes"])
+            meta = series.meta(series_id, int(frame_index), int(row["kind"]), n_bytes)
+            payload = os.pread(series.fd, n_bytes, offset)
         if len(payload) != meta.n_bytes:
             log.error("frame store: short read of series %d frame %d", series_id, frame_index)
             return None
@@ -345,7 +376,7 @@ class FrameStore:
     def frame_indices(self, series_id: int) -> list[int]:
         with self._lock:
             series = self._series.get(series_id)
-            return [] if series is None else sorted(series.index)
+            return [] if series is None else series.index.indices().tolist()
 
     def stored_bytes(self) -> int:
         with self._lock:
