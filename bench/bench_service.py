@@ -21,7 +21,10 @@ frames (bitshuffle-LZ4), and measures, in one run:
   2-worker rate on this machine's cores;
 * peak RSS (``VmHWM`` from ``/proc``) of the service process and of every worker for a 61 x 61
   scan (all 3721 frames) and for a 200 x 200 scan after ``--big-frames`` frames, and the map-state
-  size (n_parameters x points x 12 bytes) that is what grows with the scan.
+  size (n_parameters x points x 12 bytes) that is what grows with the scan; then the whole 200 x 200
+  scan (40000 frames, the frame store capped at 4 GiB of it) and how fast each RSS grows per frame
+  over its last two thirds (the maps are allocated when the series opens: this is what a process
+  keeps per frame).
 
 Each service first streams two warm-up series as long as the longest measured one (first-frame
 costs, connections, and the frame store: from a service's third series on it overwrites the files
@@ -35,8 +38,8 @@ its steady state, as during a beamtime of many scans.
 No figure here is ever a pass/fail criterion. Figures go to BENCHMARKS.md.
 
 Run: ``.venv/bin/python bench/bench_service.py [--quick] [--rates 50 100 200] [--rate-workers 1 2]
-[--rate-frames N] [--max-frames N] [--small-grid 61] [--big-frames N] [--max-batch N] [--credits N]
-[--sustained-only]``
+[--rate-frames N] [--max-frames N] [--small-grid 61] [--big-frames N] [--no-whole-big-scan]
+[--max-batch N] [--credits N] [--sustained-only]``
 """
 
 from __future__ import annotations
@@ -299,6 +302,49 @@ def print_scaling_ceiling(sustained: dict, cpu_per_frame: dict) -> None:
               f"{one_worker:.0f} frames/s that is at most {at_most / one_worker:.2f}x", flush=True)
 
 
+WHOLE_SCAN_STORE_BYTES = 4 * 2**30
+"""The frame store keeps at most this much of the whole big scan (its later frames go to the workers
+over loopback instead), so that the scan does not need 25 GB of disk."""
+
+
+def print_growth(bench: "Bench", frames: np.ndarray, side: int) -> None:
+    """Stream all ``side`` x ``side`` frames of the big scan and print how each process's RSS grows
+    with the frames sent: the slope of a straight line through ``VmRSS`` sampled 4 times a second
+    over the last two thirds of the scan (after the one-off growth of its start and of the switch
+    to payloads over loopback when the frame store is full)."""
+    store = bench.service.frame_store
+    kept = store.max_series_bytes if store is not None else None
+    pids = {"service": os.getpid(), **{p.name: p.pid for p in bench.service.workers}}
+    samples: list[tuple[int, dict]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            samples.append((len(bench.sent_at), {name: proc_status_kib(pid, "VmRSS") for name, pid in pids.items()}))
+
+    sampler = threading.Thread(target=sample, name="bench-rss", daemon=True)
+    if store is not None:
+        store.max_series_bytes = WHOLE_SCAN_STORE_BYTES
+    sampler.start()
+    try:
+        r = bench.series(frames, side * side, None, (side, side))
+    finally:
+        done.set()
+        sampler.join(2)
+        if store is not None:
+            store.max_series_bytes = kept
+    late = [(n, rss) for n, rss in samples if side * side / 3 <= n < side * side]
+    slopes = []
+    for name in pids:
+        points = np.array([(n, rss[name]) for n, rss in late if rss.get(name)], dtype=np.float64)
+        if len(points) >= 10 and np.ptp(points[:, 0]) > 0:
+            slopes.append(f"{name} {1024 * np.polyfit(points[:, 0], points[:, 1], 1)[0]:+.0f} B")
+    print(f"  {side} x {side} scan, all {r['n']} frames in {r['elapsed_s']:.1f} s ({r['n'] / r['elapsed_s']:.1f} "
+          f"frames/s), dropped {r['dropped']}: peak RSS {rss_line(r['rss_kib'])}; RSS growth per frame sent over "
+          f"frames {side * side // 3}-{side * side}: {', '.join(slopes) or '-'} (the map state, allocated when the "
+          f"series opens, is {r['map_bytes'] / side**2:.0f} B per point)", flush=True)
+
+
 def rss_line(rss: dict) -> str:
     return ", ".join(f"{name} {hwm / 1024:.0f} MiB" if hwm else f"{name} -" for name, (hwm, _rss) in rss.items())
 
@@ -311,6 +357,8 @@ def main() -> None:
     parser.add_argument("--small-grid", type=int, default=61, help="side of the first RSS scan (all frames)")
     parser.add_argument("--big-grid", type=int, default=200, help="side of the second RSS scan")
     parser.add_argument("--big-frames", type=int, default=2000, help="frames sent of the big scan")
+    parser.add_argument("--no-whole-big-scan", dest="whole_big_scan", action="store_false",
+                        help="skip streaming the whole big scan (all its frames, ~1-2 min) for the RSS growth")
     parser.add_argument("--distinct-frames", type=int, default=4, help="pre-rendered frames the simulator cycles")
     parser.add_argument("--rate-workers", type=int, nargs="*", default=[1, 2], help="worker counts of the fixed rates")
     parser.add_argument("--max-batch", type=int, help="the workers' --max-batch (default: the service's)")
@@ -321,6 +369,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rate_frames, args.max_frames, args.small_grid, args.big_frames = 100, 100, 15, 300
+        args.whole_big_scan = False
 
     import logging
 
@@ -363,6 +412,8 @@ def main() -> None:
                 print(f"  {side} x {side} scan, first {args.big_frames} frames in {r['elapsed_s']:.1f} s "
                       f"({r['n'] / r['elapsed_s']:.1f} frames/s): peak RSS {rss_line(r['rss_kib'])}; "
                       f"map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
+                if args.whole_big_scan:
+                    print_growth(bench, frames32, side)
         finally:
             bench.close()
     # then drop: latency at fixed rates and at 90 % of the sustained rate (1 and 2 workers)
