@@ -4,8 +4,8 @@ The collector PUBlishes the maps; subscribers keep only the newest state. PUB ne
 a small send high-water mark a slow subscriber simply misses messages. Two kinds of message:
 
 * full snapshots, ``[b"maps", JSON meta, values float32 (n_parameters, rows, columns), statuses
-  uint8 (same shape)]``, at most ``max_rate_hz`` times a second (default 2), at the end of a
-  series, and repeated (see below). Meta: ``series_id``, ``version``, ``parameters``, ``grid``
+  uint8 (same shape)]``, at most ``max_rate_hz`` times a second (default 2) and less often for
+  large maps (below), at the end of a series, and repeated (see below). Meta: ``series_id``, ``version``, ``parameters``, ``grid``
   (:meth:`analysis.scan_grid.ScanGrid.as_dict`), ``measured`` (points done), ``final`` and
   ``publisher`` (a token of the publishing process);
 * pixel updates, ``[b"pixels", JSON meta, flat indices int64 (k,), values float32
@@ -17,8 +17,14 @@ a small send high-water mark a slow subscriber simply misses messages. Two kinds
 
 A subscriber applies a pixel update only on top of the version it names, so a message lost on
 the way (high-water mark, a late subscriber) leaves its map as it was until the next full
-snapshot, at most 1 / ``max_rate_hz`` later; after a series' last pixel update a full snapshot
-always follows.
+snapshot; after a series' last pixel update a full snapshot always follows.
+
+A full snapshot costs CPU in proportion to the maps (~30 ms for 200 x 200 points of the default
+119 parameters, ~175 ms for 500 x 500): at 2 a second it would take a large share of the
+collector's thread, and of a 2-core machine, away from placing results. So full snapshots are
+spaced to take at most :data:`FULL_SNAPSHOT_CPU_SHARE` of the thread: the interval is at least
+1 / ``max_rate_hz`` and at least the last one's CPU time / that share (1.5 s for 200 x 200,
+~9 s for 500 x 500). Pixel updates keep a subscribed map current in between.
 
 PUB/SUB loses what a subscriber did not receive: a snapshot dropped at the high-water mark, or
 published before a viewer connected. So while nothing new is published the publisher sends its
@@ -46,6 +52,8 @@ PIXELS = b"pixels"
 MAX_HELD_SERIES = 4
 """Series whose newest state a :class:`MapSubscriber` holds (the oldest goes first): a viewer
 shows the running one, and a 200 x 200 scan's maps are 24 MB."""
+FULL_SNAPSHOT_CPU_SHARE = 0.02
+"""Full snapshots take at most about this share of the publishing thread's time (see above)."""
 
 
 @dataclass(frozen=True)
@@ -186,8 +194,9 @@ def apply_pixels(snapshot: MapSnapshot, parts: list) -> MapSnapshot | None:
 
 
 class MapPublisher:
-    """PUB socket publishing the maps: full snapshots at most ``max_rate_hz`` times a second and
-    pixel updates (the points measured since) at most ``pixel_rate_hz`` times a second.
+    """PUB socket publishing the maps: full snapshots at most ``max_rate_hz`` times a second (less
+    often for large maps: :attr:`full_interval_s`) and pixel updates (the points measured since)
+    at most ``pixel_rate_hz`` times a second.
 
     :meth:`maybe_publish` (called in the owner's loop) also repeats the newest full snapshot
     when nothing was published for ``repeat_interval_s`` (see the module docstring);
@@ -209,6 +218,7 @@ class MapPublisher:
         self.min_interval_s = 1.0 / max_rate_hz
         self.pixel_interval_s = 1.0 / pixel_rate_hz
         self._last_full = -float("inf")
+        self._full_cost_s = 0.0  # thread CPU of the last full snapshot
         self._last_pixels = -float("inf")
         self._last_send = -float("inf")
         self.repeat_interval_s = float(repeat_interval_s)
@@ -229,7 +239,7 @@ class MapPublisher:
         comes after a quiet interval goes out at once, whenever the owner's loop calls."""
         now = time.monotonic()
         if now - self._last_pixels >= self.pixel_interval_s:
-            full_due = now - self._last_full >= self.min_interval_s
+            full_due = now - self._last_full >= self.full_interval_s
             published = False
             for series_id, state in series.items():
                 changed = self._published_results.get(series_id) != state.results
@@ -254,8 +264,15 @@ class MapPublisher:
             return None
         return max(0.0, self._last_pixels + self.pixel_interval_s - time.monotonic())
 
+    @property
+    def full_interval_s(self) -> float:
+        """Seconds between full snapshots while a series runs: 1 / ``max_rate_hz``, or more for
+        maps whose snapshot costs more than :data:`FULL_SNAPSHOT_CPU_SHARE` of that."""
+        return max(self.min_interval_s, self._full_cost_s / FULL_SNAPSHOT_CPU_SHARE)
+
     def publish_now(self, series_id: int, state, final: bool = True) -> None:
         """Publish a full snapshot of a series now (``final`` marks its last one)."""
+        started = time.thread_time()
         version = self._versions.get(series_id, 0) + 1
         self._versions[series_id] = version
         self._published_results[series_id] = state.results
@@ -264,6 +281,7 @@ class MapPublisher:
         snapshot = snapshot_of(series_id, version, state.maps.parameters, state.grid, state.maps, final,
                                self.token)
         self._newest = encode_snapshot(snapshot)
+        self._full_cost_s = time.thread_time() - started
         self._last_full = time.monotonic()
         self._send(self._newest)
         if final:  # nothing more will change: forget the series (its snapshot stays for repeats)

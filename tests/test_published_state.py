@@ -1,6 +1,7 @@
 """Published map state over a real PUB socket on 127.0.0.1: the newest message is repeated
 while nothing new is published, so a subscriber that missed the final snapshot of a series
-(dropped at the high-water mark, or connected after the scan) still gets it."""
+(dropped at the high-water mark, or connected after the scan) still gets it; full snapshots of
+large maps are spaced by their cost, pixel updates are not."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from analysis.status import Status
 from stream import wire
 from stream.accounting import SeriesAccounting
 from stream.collector import Collector
-from stream.published_state import MapPublisher, MapSubscriber, snapshot_of
+from stream.analysis_setup import AnalysisSetup
+from stream.published_state import FULL_SNAPSHOT_CPU_SHARE, MapPublisher, MapSubscriber, snapshot_of
 
 PARAMETERS = ("saxs_intensity", "a_mean_nm")
 
@@ -373,5 +375,40 @@ def test_a_result_after_a_quiet_interval_is_published_at_once():
         assert 0.0 < publisher.seconds_until_due({3: state}) <= 0.05
         publisher.maybe_publish({3: state})
         assert publisher.pixel_updates == 1
+    finally:
+        publisher.close()
+
+
+def test_full_snapshots_of_large_maps_are_spaced_by_their_cost_and_pixel_updates_go_on():
+    """A full snapshot costs CPU in proportion to the maps: they are spaced so that they take at
+    most FULL_SNAPSHOT_CPU_SHARE of the collector's thread, while the new points still go out
+    as pixel updates; the cost is the thread time of the last full snapshot."""
+    big = ScanGrid((200, 200))
+    parameters = AnalysisSetup.default().parameter_names()
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=20.0, pixel_rate_hz=1000.0)
+    try:
+        publisher.publish_now(1, SimpleNamespace(maps=MapState(big.shape, parameters), grid=big, results=0),
+                              final=False)
+        assert publisher._full_cost_s > 0.0  # 24 MB of float32 and uint8 maps were made and encoded
+        assert publisher.full_interval_s == max(0.05, publisher._full_cost_s / FULL_SNAPSHOT_CPU_SHARE)
+
+        grid = ScanGrid((2, 3))
+        state = _state(grid)
+        _measure(state, 0)
+        publisher.maybe_publish({3: state})  # a full snapshot: nothing to build on yet
+        first_full = publisher._last_full
+        publisher._full_cost_s = 0.1  # as for a 300 x 300 map: one full snapshot per 5 s
+        assert publisher.full_interval_s == 0.1 / FULL_SNAPSHOT_CPU_SHARE
+        for k in (1, 2):
+            time.sleep(0.1)  # past 1 / max_rate_hz, long before the spaced interval
+            _measure(state, k)
+            publisher.maybe_publish({3: state})
+        assert publisher._last_full == first_full and publisher.pixel_updates == 2
+
+        publisher._full_cost_s = 0.0  # a cheap snapshot again: 1 / max_rate_hz
+        time.sleep(0.06)
+        _measure(state, 3)
+        publisher.maybe_publish({3: state})
+        assert publisher._last_full > first_full and publisher.pixel_updates == 2
     finally:
         publisher.close()
