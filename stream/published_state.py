@@ -24,7 +24,9 @@ A full snapshot costs CPU in proportion to the maps (~30 ms for 200 x 200 points
 collector's thread, and of a 2-core machine, away from placing results. So full snapshots are
 spaced to take at most :data:`FULL_SNAPSHOT_CPU_SHARE` of the thread: the interval is at least
 1 / ``max_rate_hz`` and at least the last one's CPU time / that share (1.5 s for 200 x 200,
-~9 s for 500 x 500). Pixel updates keep a subscribed map current in between.
+~9 s for 500 x 500). Pixel updates keep a subscribed map current in between. A subscriber that
+joins (the publisher's XPUB socket hands over its subscription) gets a full snapshot at once,
+at most 1 / ``max_rate_hz`` after the previous one: it could not apply pixel updates before.
 
 PUB/SUB loses what a subscriber did not receive: a snapshot dropped at the high-water mark, or
 published before a viewer connected. So while nothing new is published the publisher sends its
@@ -199,8 +201,9 @@ class MapPublisher:
     at most ``pixel_rate_hz`` times a second.
 
     :meth:`maybe_publish` (called in the owner's loop) also repeats the newest full snapshot
-    when nothing was published for ``repeat_interval_s`` (see the module docstring);
-    ``repeats`` counts those sends, ``pixel_updates`` the pixel messages sent.
+    when nothing was published for ``repeat_interval_s`` (see the module docstring), and to a
+    subscriber that joins when nothing changed since it; ``repeats`` counts those sends,
+    ``pixel_updates`` the pixel messages sent, ``joins`` the subscribers seen joining.
     """
 
     def __init__(self, endpoint: str, context: zmq.Context | None = None, max_rate_hz: float = 2.0,
@@ -209,7 +212,9 @@ class MapPublisher:
 
         if not (max_rate_hz > 0 and pixel_rate_hz > 0):
             raise ValueError(f"publish rates must be > 0, got {max_rate_hz} and {pixel_rate_hz} Hz")
-        self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
+        # XPUB: a PUB socket that also hands over the subscriptions, so a joining subscriber is seen
+        self.socket = (context or zmq.Context.instance()).socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's, not only a topic's first
         self.socket.setsockopt(zmq.SNDHWM, 8)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(_bindable(endpoint))
@@ -229,6 +234,8 @@ class MapPublisher:
         self._newest: list[bytes] | None = None  # the newest full snapshot, for repeats
         self.repeats = 0
         self.pixel_updates = 0
+        self.joins = 0  # subscribers seen subscribing to the full snapshots
+        self._joined = False  # one joined since the last full snapshot
 
     def maybe_publish(self, series: dict) -> None:
         """Publish what changed: a full snapshot of the series with new results (or with pixel
@@ -238,8 +245,12 @@ class MapPublisher:
         The pixel interval counts from the last time something was published: a result that
         comes after a quiet interval goes out at once, whenever the owner's loop calls."""
         now = time.monotonic()
+        self._take_subscriptions()
         if now - self._last_pixels >= self.pixel_interval_s:
-            full_due = now - self._last_full >= self.full_interval_s
+            # a new subscriber has nothing to apply pixel updates to: a full snapshot at once
+            # (at most 1 / max_rate_hz after the last one, whatever the maps cost)
+            interval = self.min_interval_s if self._joined else self.full_interval_s
+            full_due = now - self._last_full >= interval
             published = False
             for series_id, state in series.items():
                 changed = self._published_results.get(series_id) != state.results
@@ -251,6 +262,11 @@ class MapPublisher:
                     published = True
             if published:
                 self._last_pixels = now
+        if (self._joined and self._newest is not None and now - self._last_full >= self.min_interval_s
+                and not self._behind and self.seconds_until_due(series) is None):
+            self._joined = False  # nothing changed since the newest snapshot: that one again
+            if self._send(self._newest):
+                self.repeats += 1
         if self._newest is not None and now - self._last_send >= self.repeat_interval_s:
             if self._send(self._newest):
                 self.repeats += 1
@@ -283,6 +299,7 @@ class MapPublisher:
         self._newest = encode_snapshot(snapshot)
         self._full_cost_s = time.thread_time() - started
         self._last_full = time.monotonic()
+        self._joined = False
         self._send(self._newest)
         if final:  # nothing more will change: forget the series (its snapshot stays for repeats)
             self._counts.pop(series_id, None)
@@ -303,6 +320,17 @@ class MapPublisher:
         self._behind.add(series_id)
         if self._send(encode_pixels(series_id, base + 1, base, state.maps, indices, self.token)):
             self.pixel_updates += 1
+
+    def _take_subscriptions(self) -> None:
+        """Read the subscriptions the XPUB socket hands over; note a subscriber joining."""
+        while True:
+            try:
+                message = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message == b"\x01" + MAPS:
+                self.joins += 1
+                self._joined = True
 
     def _send(self, parts: list[bytes]) -> bool:
         try:

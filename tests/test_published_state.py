@@ -412,3 +412,62 @@ def test_full_snapshots_of_large_maps_are_spaced_by_their_cost_and_pixel_updates
         assert publisher._last_full > first_full and publisher.pixel_updates == 2
     finally:
         publisher.close()
+
+
+def test_a_subscriber_joining_a_running_scan_gets_a_full_snapshot_at_once():
+    """Full snapshots of large maps are spaced by seconds; a subscriber that joins in between
+    could not apply the pixel updates, so its subscription (seen on the XPUB socket) brings a
+    full snapshot at once, and it then follows the pixel updates."""
+    grid = ScanGrid((3, 4))
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=20.0, pixel_rate_hz=1000.0, repeat_interval_s=60.0)
+    subscriber = None
+    try:
+        _measure(state, 0)
+        publisher.maybe_publish({5: state})  # the first full snapshot, before anyone listens
+        publisher._full_cost_s = 1.0  # as for a very large map: the next full one in 50 s
+        time.sleep(0.1)
+        _measure(state, 1)
+        publisher.maybe_publish({5: state})  # a pixel update nobody receives: the series is behind
+        assert publisher.pixel_updates == 1
+        subscriber = MapSubscriber(publisher.endpoint)
+        deadline = time.monotonic() + 5.0
+        got = None
+        while time.monotonic() < deadline and got is None:
+            publisher.maybe_publish({5: state})
+            got = subscriber.latest(20)
+        assert publisher.joins == 1 and got is not None and got.measured == 2 and not got.final
+        assert got.map("saxs_intensity")[0, 1] == 101.0
+        time.sleep(0.01)
+        _measure(state, 2)  # then it follows the pixel updates
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and (got is None or got.measured < 3):
+            publisher.maybe_publish({5: state})
+            got = subscriber.latest(20) or got
+        assert got.measured == 3 and got.map("saxs_intensity")[0, 2] == 102.0 and subscriber.missed_updates == 0
+    finally:
+        publisher.close()
+        if subscriber is not None:
+            subscriber.close()
+
+
+def test_a_subscriber_joining_when_nothing_changed_gets_the_newest_snapshot_again():
+    grid = ScanGrid((2, 2))
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=20.0, repeat_interval_s=60.0)
+    subscriber = None
+    try:
+        _measure(state, 0)
+        publisher.publish_now(5, state, final=True)
+        time.sleep(0.06)
+        subscriber = MapSubscriber(publisher.endpoint)
+        deadline = time.monotonic() + 5.0
+        got = None
+        while time.monotonic() < deadline and got is None:
+            publisher.maybe_publish({})
+            got = subscriber.latest(20)
+        assert got is not None and got.final and got.measured == 1 and publisher.repeats == 1
+    finally:
+        publisher.close()
+        if subscriber is not None:
+            subscriber.close()
