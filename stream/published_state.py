@@ -13,7 +13,9 @@ a small send high-water mark a slow subscriber simply misses messages. Two kinds
   second (default 100): the points measured since the previous message of the series. Meta:
   ``series_id``, ``version``, ``base_version`` (the version they apply to), ``measured``,
   ``publisher``. They keep a live map within tens of milliseconds of its results at the cost
-  of a few hundred bytes each, where a full snapshot of a 200 x 200 scan is 24 MB.
+  of a few hundred bytes each, where a full snapshot of a 200 x 200 scan is 24 MB. A series
+  whose maps were laid out anew or whose grid changed (the scan's documents placing its frames)
+  gets a full snapshot instead.
 
 A subscriber applies a pixel update only on top of the version it names, so a message lost on
 the way (high-water mark, a late subscriber) leaves its map as it was until the next full
@@ -230,6 +232,7 @@ class MapPublisher:
         self._versions: dict[int, int] = {}
         self._published_results: dict[int, int] = {}
         self._counts: dict[int, np.ndarray] = {}  # per series: frames per point when last published
+        self._maps: dict[int, tuple] = {}  # per series: the (MapState, grid) the subscribers' state follows
         self._behind: set[int] = set()  # series with pixel updates newer than their last snapshot
         self._newest: list[bytes] | None = None  # the newest full snapshot, for repeats
         self.repeats = 0
@@ -293,6 +296,7 @@ class MapPublisher:
         self._versions[series_id] = version
         self._published_results[series_id] = state.results
         self._counts[series_id] = state.maps.measured_count.copy()
+        self._maps[series_id] = (state.maps, state.grid)
         self._behind.discard(series_id)
         snapshot = snapshot_of(series_id, version, state.maps.parameters, state.grid, state.maps, final,
                                self.token)
@@ -303,13 +307,17 @@ class MapPublisher:
         self._send(self._newest)
         if final:  # nothing more will change: forget the series (its snapshot stays for repeats)
             self._counts.pop(series_id, None)
+            self._maps.pop(series_id, None)
 
     def _publish_pixels(self, series_id: int, state) -> None:
         base = self._versions.get(series_id)
         counts = self._counts.get(series_id)
         self._published_results[series_id] = state.results
-        if base is None or counts is None or counts.shape != state.maps.measured_count.shape:
-            self.publish_now(series_id, state, final=False)  # nothing to build on: a full one
+        # nothing to build on, or maps laid out anew (frames moved by the scan's documents, a new
+        # grid): a full one, as the changed points are not those whose count changed
+        maps, grid = self._maps.get(series_id, (None, None))
+        if base is None or counts is None or maps is not state.maps or grid != state.grid:
+            self.publish_now(series_id, state, final=False)
             return
         current = state.maps.measured_count
         indices = np.flatnonzero(current != counts)

@@ -471,3 +471,54 @@ def test_a_subscriber_joining_when_nothing_changed_gets_the_newest_snapshot_agai
         publisher.close()
         if subscriber is not None:
             subscriber.close()
+
+
+def test_maps_laid_out_anew_go_out_whole_not_as_pixel_updates():
+    """When the scan's documents move frames, the collector's series gets new maps: a point may
+    hold another frame with the same count, so the change goes out as a full snapshot (with the
+    new grid), not as the points whose count changed."""
+    grid = ScanGrid((2, 2))
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=0.1, pixel_rate_hz=1000.0)
+    subscriber = MapSubscriber(publisher.endpoint)
+    try:
+        time.sleep(0.2)  # the subscription reaches the publisher first
+        _measure(state, 0)
+        _measure(state, 1)
+        publisher.maybe_publish({4: state})  # the first full snapshot
+        moved = ScanGrid((2, 2), start_um=(10.0, 20.0))
+        state.grid, state.maps = moved, MapState(moved.shape, PARAMETERS)
+        for k, frame in ((0, 1), (1, 0)):  # the two frames swap places: counts stay 1 and 1
+            row, column = moved.position(k)
+            state.maps.update(row, column, [100.0 + frame, np.nan], [Status.OK, Status.MISSING_PEAK])
+        state.results += 1
+        time.sleep(0.01)
+        publisher.maybe_publish({4: state})
+        assert publisher.pixel_updates == 0
+        deadline, got = time.monotonic() + 5.0, None
+        while time.monotonic() < deadline and (got is None or got.grid.start_um != (10.0, 20.0)):
+            publisher.maybe_publish({4: state})
+            got = subscriber.latest(20) or got
+        assert got.grid.start_um == (10.0, 20.0) and got.map("saxs_intensity")[0, 0] == 101.0
+    finally:
+        publisher.close()
+        subscriber.close()
+
+
+def test_a_grid_placed_on_the_motor_axes_goes_out_whole():
+    """The scan's documents may give the same maps their grid in micrometres: pixel updates do
+    not carry the grid, so that change goes out as a full snapshot."""
+    grid = ScanGrid((2, 2))
+    state = _state(grid)
+    publisher = MapPublisher("tcp://127.0.0.1:0", max_rate_hz=0.1, pixel_rate_hz=1000.0)
+    try:
+        _measure(state, 0)
+        publisher.maybe_publish({4: state})
+        first_full = publisher._last_full
+        state.grid = ScanGrid((2, 2), start_um=(1.0, 2.0))
+        _measure(state, 1)
+        time.sleep(0.01)
+        publisher.maybe_publish({4: state})
+        assert publisher.pixel_updates == 0 and publisher._last_full > first_full
+    finally:
+        publisher.close()
