@@ -231,8 +231,9 @@ class MapPublisher:
         self.repeat_interval_s = float(repeat_interval_s)
         self._versions: dict[int, int] = {}
         self._published_results: dict[int, int] = {}
-        self._counts: dict[int, np.ndarray] = {}  # per series: frames per point when last published
-        self._maps: dict[int, tuple] = {}  # per series: the (MapState, grid) the subscribers' state follows
+        # per series: what the subscribers' state follows (the MapState and grid of the last full
+        # snapshot) and its frames per point when last published
+        self._followed: dict[int, tuple[object, ScanGrid, np.ndarray]] = {}
         self._behind: set[int] = set()  # series with pixel updates newer than their last snapshot
         self._newest: list[bytes] | None = None  # the newest full snapshot, for repeats
         self.repeats = 0
@@ -295,8 +296,7 @@ class MapPublisher:
         version = self._versions.get(series_id, 0) + 1
         self._versions[series_id] = version
         self._published_results[series_id] = state.results
-        self._counts[series_id] = state.maps.measured_count.copy()
-        self._maps[series_id] = (state.maps, state.grid)
+        self._followed[series_id] = (state.maps, state.grid, state.maps.measured_count.copy())
         self._behind.discard(series_id)
         snapshot = snapshot_of(series_id, version, state.maps.parameters, state.grid, state.maps, final,
                                self.token)
@@ -306,17 +306,15 @@ class MapPublisher:
         self._joined = False
         self._send(self._newest)
         if final:  # nothing more will change: forget the series (its snapshot stays for repeats)
-            self._counts.pop(series_id, None)
-            self._maps.pop(series_id, None)
+            self._followed.pop(series_id, None)
 
     def _publish_pixels(self, series_id: int, state) -> None:
         base = self._versions.get(series_id)
-        counts = self._counts.get(series_id)
         self._published_results[series_id] = state.results
         # nothing to build on, or maps laid out anew (frames moved by the scan's documents, a new
         # grid): a full one, as the changed points are not those whose count changed
-        maps, grid = self._maps.get(series_id, (None, None))
-        if base is None or counts is None or maps is not state.maps or grid != state.grid:
+        maps, grid, counts = self._followed.get(series_id, (None, None, None))
+        if base is None or maps is not state.maps or grid != state.grid:
             self.publish_now(series_id, state, final=False)
             return
         current = state.maps.measured_count
