@@ -153,7 +153,9 @@ class Collector(LoopThread):
         try:
             while not self._stop.is_set():
                 if self.socket.poll(self._poll_timeout_ms(), zmq.POLLIN):
-                    for _ in range(256):
+                    for _ in range(256):  # EVENTS: no zmq.Again raised at the end of each burst
+                        if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                            break
                         try:
                             parts = self.socket.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:

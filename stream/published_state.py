@@ -329,7 +329,9 @@ class MapPublisher:
 
     def _take_subscriptions(self) -> None:
         """Read the subscriptions the XPUB socket hands over; note a subscriber joining."""
-        while True:
+        # EVENTS, not recv until zmq.Again: this runs on every collector loop, mostly to find
+        # nothing, and an exception each time costs more than the check
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 message = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -376,11 +378,11 @@ class MapSubscriber:
         newest = None
         if not self.socket.poll(timeout_ms, zmq.POLLIN):
             return None
-        while True:
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # no zmq.Again at the end of each burst
             try:
                 parts = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return newest
+                break
             try:
                 state = self._apply(parts)
             except (ProtocolError, KeyError, ValueError, TypeError):
@@ -388,6 +390,7 @@ class MapSubscriber:
                 continue
             if state is not None:
                 newest = state
+        return newest
 
     def _apply(self, parts: list) -> MapSnapshot | None:
         if parts and bytes(parts[0]) == PIXELS:

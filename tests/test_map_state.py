@@ -117,3 +117,23 @@ def test_bad_construction():
         MapState((0, 3), PARAMETERS)
     with pytest.raises(ConfigurationError, match="more than once"):
         MapState((2, 2), ["a", "b", "a"])
+
+
+def test_array_update_matches_sequence_update():
+    """The collector's path (value and status arrays) gives what lists give, entry by entry."""
+    rng = np.random.default_rng(7)
+    names = [f"p{i}" for i in range(9)]
+    by_arrays, by_lists = MapState((3, 4), names), MapState((3, 4), names)
+    for _ in range(300):
+        values = rng.choice([0.5, -2.0, np.nan, np.inf, -np.inf], len(names))
+        statuses = rng.choice([Status.OK, Status.OK, Status.MISSING_PEAK, Status.NOT_CONVERGED], len(names)).astype(np.int32)
+        row, col = rng.integers(0, 3), rng.integers(0, 4)
+        by_arrays.update(row, col, values, statuses)
+        by_lists.update(row, col, list(values), list(statuses))
+    for name in names:
+        np.testing.assert_array_equal(by_arrays.values[name], by_lists.values[name])
+        np.testing.assert_array_equal(by_arrays.statuses[name], by_lists.statuses[name])
+    np.testing.assert_array_equal(by_arrays.measured_count, by_lists.measured_count)
+    assert by_arrays.n_repeated == by_lists.n_repeated > 0
+    with pytest.raises(ConfigurationError):
+        by_arrays.update(0, 0, np.zeros(3), np.zeros(3, np.int32))
