@@ -158,12 +158,11 @@ class Bench:
         self.scan = scan
         self.server = EigerStreamServer("tcp://127.0.0.1:0", protocol=protocol, header_detail="all",
                                         image_appendix=self._stamp)
-        in_flight = credits if credits is not None else max_batch  # a batch needs that many waiting
         config = ServiceConfig(setup=AnalysisSetup.default(), detector_endpoint=self.server.endpoint,
                                protocol=protocol, n_workers=n_workers, overflow=overflow,
                                series_timeout_s=120.0, results_timeout_s=60.0,
                                **({} if max_batch is None else {"worker_max_batch": max_batch}),
-                               **({} if in_flight is None else {"worker_credits": in_flight}))
+                               **({} if credits is None else {"worker_credits": credits}))
         started = time.monotonic()
         self.service = Service(config).start()
         self.startup_s = time.monotonic() - started
@@ -366,7 +365,7 @@ def main() -> None:
     parser.add_argument("--rate-workers", type=int, nargs="*", default=[1, 2], help="worker counts of the fixed rates")
     parser.add_argument("--max-batch", type=int, help="the workers' --max-batch (default: the service's)")
     parser.add_argument("--credits", type=int, help="the workers' --credits, frames in flight to each (default: "
-                        "--max-batch when given, else the service's)")
+                        "the service's, two batches)")
     parser.add_argument("--sustained-only", action="store_true", help="only the sustained rates (1 and 2 workers)")
     parser.add_argument("--quick", action="store_true", help="a short run (~1-2 min): fewer frames everywhere")
     args = parser.parse_args()

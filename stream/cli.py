@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--poni")
     worker.add_argument("--peaks")
     worker.add_argument("--background")
-    worker.add_argument("--credits", type=int, help="frames in flight to this worker (default: the batch size)")
+    worker.add_argument("--credits", type=int, help="frames in flight to this worker (default: twice the batch size)")
     worker.add_argument("--max-batch", type=int,
                         help="frames analysed together at most when they queue up (default 8; 1: one by one)")
     worker.add_argument("--read-frame-store", action="store_true",
@@ -492,11 +492,11 @@ def command_serve(args) -> int:
 
 
 def command_worker(args) -> int:
-    from stream.worker import DEFAULT_MAX_BATCH, WorkerConfig, run_worker_process
+    from stream.worker import DEFAULT_MAX_BATCH, WorkerConfig, credits_for, run_worker_process
 
     setup = _setup_from(args)
     max_batch = DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch
-    credits = max_batch if args.credits is None else args.credits
+    credits = credits_for(max_batch) if args.credits is None else args.credits
     if credits < 1 or max_batch < 1:
         raise SystemExit("braggmap worker: --credits and --max-batch must be >= 1")
     run_worker_process(WorkerConfig(args.work_endpoint, args.collector_endpoint, setup, credits=credits,

@@ -37,6 +37,10 @@ from stream.receiver import DetectorReceiver, Malformed, Received
 
 log = logging.getLogger(__name__)
 
+FRAMES_PER_MESSAGE = 8
+"""Frames of one burst sent to a worker in one message at most (a worker batches up to
+:data:`stream.worker.DEFAULT_MAX_BATCH`); fewer leave at the end of the burst."""
+
 
 class Ingest(LoopThread):
     """Receive one detector stream and distribute it.
@@ -106,6 +110,9 @@ class Ingest(LoopThread):
         self._series_lean_parts: list[bytes] | None = None
         self._series_digest: str | None = None
         self._store_readers: set[bytes] = set()  # workers that read payloads from the frame store
+        # frames given to a worker (its credits taken) and sent to it as one message at the end of
+        # the detector burst: one message per worker and burst, not one per frame
+        self._assigned: dict[bytes, list[_OutgoingFrame]] = {}
         self.series_instance: int | None = None  # SeriesInfo.instance of the last series opened
 
     # -- life cycle -------------------------------------------------------------------------
@@ -192,27 +199,56 @@ class Ingest(LoopThread):
             return True
         except zmq.ZMQError as exc:  # worker vanished (ROUTER_MANDATORY)
             log.warning("worker %r unreachable (%s); forgetting it", identity, exc)
+            self.queue.extendleft(reversed(self._assigned.pop(identity, [])))  # for the other workers
             self.credits.pop(identity, None)
             self._worker_masks.pop(identity, None)
             self._store_readers.discard(identity)
             return False
 
     def _dispatch(self, frame: "_OutgoingFrame") -> bool:
-        """Send one frame to the worker with most credits; False when none has any."""
-        while self.credits:
-            identity = max(self.credits, key=self.credits.__getitem__)
-            if self.credits[identity] <= 0:
-                return False
-            if self._send_to_worker(identity, frame.parts(identity in self._store_readers)):
-                self.credits[identity] -= 1
-                self.forwarded += 1
-                self.series_workers.add(identity)
-                return True
-        return False
+        """Give one frame to the worker with most credits; False when none has any. It leaves
+        with the others of its burst (:meth:`_send_assigned`), at the latest when the worker
+        has :data:`FRAMES_PER_MESSAGE` of them."""
+        if not self.credits:
+            return False
+        identity = max(self.credits, key=self.credits.__getitem__)
+        if self.credits[identity] <= 0:
+            return False
+        self.credits[identity] -= 1
+        assigned = self._assigned.setdefault(identity, [])
+        assigned.append(frame)
+        if len(assigned) >= FRAMES_PER_MESSAGE:
+            self._send_assigned_to(identity)
+        return True
+
+    def _send_assigned_to(self, identity: bytes) -> None:
+        """Send a worker the frames given to it, as one message; if it is gone, they go back to
+        the front of the queue (in order) for the other workers."""
+        frames = self._assigned.pop(identity, None)
+        if not frames:
+            return
+        reads_store = identity in self._store_readers
+        message = wire.encode_frames([frame.meta_and_payload(reads_store) for frame in frames])
+        if self._send_to_worker(identity, message):
+            self.forwarded += len(frames)
+            self.series_workers.add(identity)
+        else:
+            self.queue.extendleft(reversed(frames))
+
+    def _send_assigned(self) -> None:
+        """Send every worker the frames given to it (end of a burst, and before any other
+        message to the workers, so that they get everything in order)."""
+        for identity in list(self._assigned):
+            self._send_assigned_to(identity)
 
     def _flush_queue(self) -> None:
-        while self.queue and self._dispatch(self.queue[0]):
-            self.queue.popleft()
+        """Hand queued frames to the workers with credits and send them."""
+        while True:
+            while self.queue and self._dispatch(self.queue[0]):
+                self.queue.popleft()
+            self._send_assigned()
+            if not self.queue or not self._has_capacity():
+                return  # else frames of a worker that was gone came back: to the others
 
     def _drain_queue(self) -> None:
         """Hand the queued frames out to workers as they ask, then count the rest as dropped.
@@ -243,17 +279,20 @@ class Ingest(LoopThread):
 
     # -- detector --------------------------------------------------------------------------
     def _handle_detector_burst(self) -> None:
-        for _ in range(64):  # bounded so worker credits are served between bursts
-            if self.overflow == "block" and not self._has_capacity():
-                return
-            item = self.receiver.receive(0)
-            if item is None:
-                return
-            self._last_message = time.monotonic()
-            if isinstance(item, Malformed):
-                self._on_malformed(item)
-            else:
-                self._on_message(item)
+        try:
+            for _ in range(64):  # bounded so worker credits are served between bursts
+                if self.overflow == "block" and not self._has_capacity():
+                    return
+                item = self.receiver.receive(0)
+                if item is None:
+                    return
+                self._last_message = time.monotonic()
+                if isinstance(item, Malformed):
+                    self._on_malformed(item)
+                else:
+                    self._on_message(item)
+        finally:
+            self._flush_queue()
 
     def _on_message(self, item: Received) -> None:
         message = item.message
@@ -336,6 +375,7 @@ class Ingest(LoopThread):
         """
         if self.accounting is None:
             return
+        self._send_assigned()  # the series' frames before its end
         if self.queue:
             self._drain_queue()
         ended_by = self._pending_end or ended_by
@@ -372,11 +412,12 @@ class _OutgoingFrame:
     stored: StoredLocation | None
     series_instance: int | None
 
-    def parts(self, reads_store: bool) -> list:
-        """The frame message for a worker that reads the frame store, or not."""
+    def meta_and_payload(self, reads_store: bool) -> tuple[dict, object]:
+        """The frame for :func:`stream.wire.encode_frames`, to a worker that reads the frame
+        store (the payload's location, no payload), or not."""
         if reads_store and self.stored is not None:
-            return wire.encode_stored_frame(self.frame, self.received_ns, self.stored.as_dict(), self.series_instance)
-        return wire.encode_frame(self.frame, self.received_ns, self.series_instance)
+            return wire.frame_meta(self.frame, self.received_ns, self.series_instance, self.stored.as_dict()), b""
+        return wire.frame_meta(self.frame, self.received_ns, self.series_instance), self.frame.payload
 
 
 def _bindable(endpoint: str) -> str:

@@ -27,7 +27,7 @@ from stream.run_placement import DocumentPlacement
 from stream.documents import DocumentReceiver
 from stream.ingest import Ingest
 from stream.steering_server import SteeringServer
-from stream.worker import DEFAULT_CREDITS, DEFAULT_MAX_BATCH, WorkerConfig, run_worker_process
+from stream.worker import DEFAULT_MAX_BATCH, WorkerConfig, credits_for, run_worker_process
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ServiceConfig:
     max_queue: int = 64
     series_timeout_s: float = 30.0
     results_timeout_s: float = 30.0
-    worker_credits: int = DEFAULT_CREDITS
+    worker_credits: int | None = None  # frames in flight per worker; None: two batches (stream.worker.credits_for)
     worker_max_batch: int = DEFAULT_MAX_BATCH  # frames a worker analyses together when they queue up
     grid: ScanGrid | None = None
     ready_timeout_s: float = 180.0
@@ -141,7 +141,7 @@ class Service:
                 work_endpoint=self.ingest.work_endpoint,
                 collector_endpoint=self.collector.endpoint,
                 setup=config.setup,
-                credits=config.worker_credits,
+                credits=credits_for(config.worker_max_batch) if config.worker_credits is None else config.worker_credits,
                 max_batch=config.worker_max_batch,
                 name=f"worker-{index}",
                 read_frame_store=self.frame_store is not None,  # same host: read payloads from the store

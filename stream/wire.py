@@ -11,6 +11,9 @@ kind               direction                   parts after the kind
                                                and the payload's frame-store location in the
                                                metadata's ``"stored"``, for a worker on the
                                                ingest's host that reads the store)
+``frames``         ingest -> worker            n frames at once (those a burst of the detector
+                                               brought for this worker): JSON list of n frame
+                                               metadata, then n payloads (b"" where stored)
 ``ready``          worker -> ingest            JSON ``{"credits": n, "worker": name}``
 ``credit``         worker -> ingest            (none): one more frame may be sent; or ASCII
                                                ``n``: n more (one message for a batch)
@@ -39,6 +42,7 @@ from stream.messages import ImageFrame, SeriesStart
 
 SERIES = b"series"
 FRAME = b"frame"
+FRAMES = b"frames"
 READY = b"ready"
 CREDIT = b"credit"
 RESULT = b"result"
@@ -226,16 +230,57 @@ def decode_series(parts: list, last_mask: tuple[str, np.ndarray] | None = None) 
 
 
 def encode_frame(frame: ImageFrame, received_ns: int, series_instance: int | None = None) -> list:
-    return [FRAME, dumps(_frame_meta(frame, received_ns, series_instance)), frame.payload]
+    return encode_frames([(frame_meta(frame, received_ns, series_instance), frame.payload)])
 
 
 def encode_stored_frame(frame: ImageFrame, received_ns: int, location: dict,
                         series_instance: int | None = None) -> list:
     """A frame message without its payload: ``location`` (a
     :class:`stream.frame_store.StoredLocation` as a dict) says where the worker reads it."""
+    return encode_frames([(frame_meta(frame, received_ns, series_instance, location), b"")])
+
+
+def frame_meta(frame: ImageFrame, received_ns: int, series_instance: int | None = None,
+               location: dict | None = None) -> dict:
+    """The metadata of a frame for a worker; ``location`` (a stored payload's
+    :class:`stream.frame_store.StoredLocation` as a dict) goes in as ``"stored"``."""
     meta = _frame_meta(frame, received_ns, series_instance)
-    meta["stored"] = location
-    return [FRAME, dumps(meta), b""]
+    if location is not None:
+        meta["stored"] = location
+    return meta
+
+
+def encode_frames(frames: list[tuple[dict, Any]]) -> list:
+    """One message for the frames ``[(meta, payload), ...]`` (:func:`frame_meta`; payload b""
+    where the metadata says where it is stored): a ``frame`` message for one, ``frames`` for more."""
+    if len(frames) == 1:
+        meta, payload = frames[0]
+        return [FRAME, dumps(meta), payload]
+    return [FRAMES, dumps([meta for meta, _ in frames]), *(payload for _, payload in frames)]
+
+
+def decode_frames(parts: list) -> list[tuple[dict, memoryview]]:
+    """(metadata, payload) of each frame of a ``frame`` or ``frames`` message, in order.
+
+    Raises
+    ------
+    ProtocolError
+        Wrong part count, or metadata that is not one object per payload.
+    """
+    if bytes(parts[0]) == FRAME:
+        return [decode_frame(parts)]
+    metas = loads(parts[1]) if len(parts) > 1 else None
+    if not isinstance(metas, list) or not metas or not all(isinstance(m, dict) for m in metas):
+        raise ProtocolError("frames metadata is not a non-empty list of objects")
+    if len(parts) != 2 + len(metas):
+        raise ProtocolError(f"frames message of {len(metas)} frames has {len(parts)} parts, expected {2 + len(metas)}")
+    decoded = []
+    for meta, payload in zip(metas, parts[2:]):
+        if not isinstance(meta.get("shape"), list):
+            raise ProtocolError(f"frame metadata without a shape: {meta!r:.80}")
+        meta["shape"] = tuple(meta["shape"])
+        decoded.append((meta, payload.buffer if hasattr(payload, "buffer") else memoryview(payload)))
+    return decoded
 
 
 def _frame_meta(frame: ImageFrame, received_ns: int, series_instance: int | None) -> dict:
@@ -252,6 +297,7 @@ def _frame_meta(frame: ImageFrame, received_ns: int, series_instance: int | None
 
 
 def decode_frame(parts: list) -> tuple[dict, memoryview]:
+    """(metadata, payload) of a ``frame`` message."""
     if len(parts) != 3:
         raise ProtocolError(f"frame message has {len(parts)} parts, expected 3")
     meta = loads(parts[1])

@@ -35,8 +35,15 @@ DEFAULT_MAX_BATCH = 8
 lone frame is analysed at once), so batches form only when the worker falls behind, where
 fitting and deriving once per batch raises its rate; a frame's latency grows by at most the
 batch's analysis time."""
-DEFAULT_CREDITS = DEFAULT_MAX_BATCH
-"""Frames in flight to one worker (a batch needs that many waiting)."""
+DEFAULT_CREDITS = 2 * DEFAULT_MAX_BATCH  # credits_for(DEFAULT_MAX_BATCH)
+"""Frames in flight to one worker: two batches, so that the next batch already waits in the
+worker when it finishes one (the ingest sends a burst's frames in one message once it has read
+them all: with one batch in flight the worker would wait for that)."""
+
+
+def credits_for(max_batch: int) -> int:
+    """The default frames in flight for batches of ``max_batch``: two batches."""
+    return 2 * max_batch
 
 
 @dataclass(frozen=True)
@@ -103,9 +110,11 @@ class Worker:
                     continue
                 waiting = [dealer.recv_multipart(copy=False)]
                 # batch what is already queued (never wait for more), up to max_batch frames
-                while (len(waiting) < max(1, self.config.max_batch)
-                       and bytes(waiting[-1][0].buffer) == wire.FRAME and dealer.poll(0, zmq.POLLIN)):
+                n_frames = _frames_in(waiting[-1])
+                while 0 < n_frames < max(1, self.config.max_batch) and dealer.poll(0, zmq.POLLIN):
                     waiting.append(dealer.recv_multipart(copy=False))
+                    more = _frames_in(waiting[-1])
+                    n_frames = n_frames + more if more else 0  # any other message ends the batch
                 self._handle(waiting, dealer, results)
         finally:
             dealer.close(linger=0)
@@ -127,6 +136,14 @@ class Worker:
             kind = bytes(parts[0].buffer)
             if kind == wire.FRAME:
                 frames.append(parts)
+                continue
+            if kind == wire.FRAMES:
+                try:
+                    frames.extend(wire.decode_frames([part.buffer for part in parts]))
+                except ProtocolError as exc:  # lost frames: the collector misses their results
+                    log.warning("worker %s: ignoring a bad frames message: %s", self.name, exc)
+                    if _frames_in(parts):  # the ingest still counts them in flight
+                        dealer.send_multipart(wire.encode_credit(_frames_in(parts)))
                 continue
             self._flush(frames, dealer, results)
             frames = []
@@ -210,12 +227,14 @@ class Worker:
                                    np.stack([record.values for record in records]),
                                    np.stack([record.statuses for record in records]))
 
-    def _received(self, parts) -> "_FrameRecord":
+    def _received(self, frame) -> "_FrameRecord":
+        """A record of one frame: the parts of a ``frame`` message, or (metadata, payload) of
+        one frame of a ``frames`` message."""
         n_params = len(self.analyzers.parameter_names)
         record = _FrameRecord(started_ns=time.time_ns(), values=np.full(n_params, np.nan),
                               statuses=np.full(n_params, int(Status.INVALID_INPUT), dtype=np.int32))
         try:
-            record.meta, record.payload = wire.decode_frame(parts)
+            record.meta, record.payload = frame if isinstance(frame, tuple) else wire.decode_frame(frame)
             stored = record.meta.pop("stored", None)
             if stored is not None:
                 record.stored = StoredLocation.from_dict(stored)
@@ -314,6 +333,14 @@ class Worker:
             "error": record.error,
             "undecodable": record.undecodable,
         }
+
+
+def _frames_in(parts) -> int:
+    """Frames a message from the ingest carries: 1 for ``frame``, n for ``frames``, else 0."""
+    kind = bytes(parts[0].buffer)
+    if kind == wire.FRAME:
+        return 1
+    return max(0, len(parts) - 2) if kind == wire.FRAMES else 0
 
 
 @dataclass(eq=False)

@@ -108,6 +108,17 @@ def receive(dealer: zmq.Socket, timeout_ms: int = 5000) -> list[bytes]:
     return dealer.recv_multipart()
 
 
+def receive_frames(dealer: zmq.Socket, n: int) -> list[tuple[dict, memoryview]]:
+    """(metadata, payload) of the next ``n`` frames, from ``frame`` and ``frames`` messages."""
+    frames = []
+    while len(frames) < n:
+        parts = receive(dealer)
+        assert parts[0] in (wire.FRAME, wire.FRAMES), f"expected frames, got a {parts[0]!r} message"
+        frames.extend(wire.decode_frames(parts))
+    assert len(frames) == n, f"{len(frames)} frames, expected {n}"
+    return frames
+
+
 def test_series_flows_to_worker_and_accounting_reaches_collector(harness_factory):
     harness = harness_factory()
     worker = harness.add_worker(credits=10)
@@ -123,9 +134,7 @@ def test_series_flows_to_worker_and_accounting_reaches_collector(harness_factory
     info = wire.SeriesInfo.from_dict(wire.loads(info_json))
     assert info.series_id == 7 and info.n_images == 4 and info.image_shape == SHAPE
     indices = []
-    for _ in range(3):
-        parts = receive(worker)
-        meta, payload = wire.decode_frame(parts)
+    for meta, payload in receive_frames(worker, 3):
         indices.append(meta["frame_index"])
         assert meta["compression"] == "bslz4" and bytes(payload) == image_message(meta["frame_index"]).payload
     assert indices == [0, 1, 3]
@@ -151,7 +160,7 @@ def test_every_message_of_a_series_names_its_instance(harness_factory):
         harness.send(encode_v1_image(image_message(0)))
         harness.send(encode_v1_end(SeriesEnd(series_id=7)))
         info = wire.SeriesInfo.from_dict(wire.loads(receive(worker)[1]))
-        meta, _ = wire.decode_frame(receive(worker))
+        meta, _ = receive_frames(worker, 1)[0]
         kind, end = receive(worker)
         assert kind == wire.SERIES_END and wire.loads(end)["series_instance"] == info.instance
         assert meta["series_instance"] == info.instance
@@ -169,7 +178,7 @@ def _worker_with_frame_0(harness, n_images: int):
     for index in range(n_images):
         harness.send(encode_v1_image(image_message(index)))
     assert receive(worker)[0] == wire.SERIES
-    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
+    assert receive_frames(worker, 1)[0][0]["frame_index"] == 0
     return worker
 
 
@@ -179,7 +188,7 @@ def test_frames_go_only_to_workers_with_credit_and_late_worker_gets_header(harne
     assert not first.poll(300), "a worker without credit must not get frames"
     late = harness.add_worker(credits=5)
     assert receive(late)[0] == wire.SERIES, "a new worker gets the current header first"
-    got = sorted(wire.decode_frame(receive(late))[0]["frame_index"] for _ in range(2))
+    got = sorted(meta["frame_index"] for meta, _ in receive_frames(late, 2))
     assert got == [1, 2]
 
 
@@ -192,10 +201,49 @@ def test_one_credit_message_can_grant_several_frames_and_a_bad_one_grants_none(h
     worker.send_multipart([wire.CREDIT, b"many"])
     assert not worker.poll(300), "a malformed credit must not grant frames"
     worker.send_multipart(wire.encode_credit(3))
-    assert [wire.decode_frame(receive(worker))[0]["frame_index"] for _ in range(3)] == [1, 2, 3]
+    assert [meta["frame_index"] for meta, _ in receive_frames(worker, 3)] == [1, 2, 3]
     assert not worker.poll(300), "three credits, three frames"
     worker.send_multipart([wire.CREDIT])
-    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 4
+    assert receive_frames(worker, 1)[0][0]["frame_index"] == 4
+
+
+def test_a_burst_of_frames_goes_to_a_worker_as_one_message(harness_factory):
+    """Frames waiting when a worker grants credits leave together in one ``frames`` message
+    (one send and one wake-up of the worker per burst, not per frame), payloads in order."""
+    harness = harness_factory()
+    worker = _worker_with_frame_0(harness, 4)
+    time.sleep(0.3)  # frames 1-3 wait in the ingest's detector socket
+    worker.send_multipart(wire.encode_credit(3))
+    parts = receive(worker)
+    assert parts[0] == wire.FRAMES and len(parts) == 2 + 3
+    frames = wire.decode_frames(parts)
+    assert [meta["frame_index"] for meta, _ in frames] == [1, 2, 3]
+    assert all(bytes(payload) == image_message(meta["frame_index"]).payload for meta, payload in frames)
+    assert all(meta["shape"] == SHAPE for meta, _ in frames)
+
+
+def test_frames_given_to_a_worker_that_is_gone_go_to_another(harness_factory):
+    """The worker with most credits leaves after the series header: the frames given to it
+    come back when their send fails and go, in order, to the other worker; none is lost."""
+    harness = harness_factory()
+    leaving = harness.add_worker(credits=5)
+    staying = harness.add_worker(credits=1)
+    harness.send(encode_v1_start(start_message(n_images=3)))
+    for dealer in (leaving, staying):
+        assert receive(dealer)[0] == wire.SERIES
+    leaving.close(linger=0)
+    time.sleep(0.5)  # the ingest's ROUTER drops its pipe: sends to it fail from now on
+    for index in range(3):
+        harness.send(encode_v1_image(image_message(index)))
+    got = []
+    while len(got) < 3:
+        got += [meta["frame_index"] for meta, _ in receive_frames(staying, 1)]
+        staying.send_multipart([wire.CREDIT])
+    assert got == [0, 1, 2]
+    harness.send(encode_v1_end(SeriesEnd(series_id=7)))
+    summary = wire.loads(harness.collect(wire.SUMMARY)[1])
+    assert summary["forwarded"] == 3 and summary["dropped"] == 0 and summary["received"] == 3
+    assert harness.ingest.n_workers == 1
 
 
 def test_drop_policy_counts_every_dropped_frame(harness_factory):
@@ -232,7 +280,7 @@ def test_frames_without_header_open_a_headerless_series(harness_factory):
     kind, info_json, _ = receive(worker)
     info = wire.SeriesInfo.from_dict(wire.loads(info_json))
     assert kind == wire.SERIES and not info.header_seen and info.image_shape == SHAPE
-    assert wire.decode_frame(receive(worker))[0]["frame_index"] == 0
+    assert receive_frames(worker, 1)[0][0]["frame_index"] == 0
     summary = wire.loads(harness.collect(wire.SUMMARY)[1])
     assert summary["received"] == 1 and summary["expected"] is None
 
@@ -290,7 +338,7 @@ def test_each_kind_of_malformed_message_is_counted_with_its_reason(harness_facto
         harness.send(parts)
 
     assert receive(worker)[0] == wire.SERIES
-    forwarded = [wire.decode_frame(receive(worker))[0]["frame_index"] for _ in range(2)]
+    forwarded = [meta["frame_index"] for meta, _ in receive_frames(worker, 2)]
     assert forwarded == [0, 2]
     summary = wire.loads(harness.collect(wire.SUMMARY)[1])
     other = {"malformed": "undecodable", "undecodable": "malformed"}[counted_as]
@@ -323,9 +371,9 @@ class SlowWorker(threading.Thread):
             if not self.dealer.poll(50):
                 continue
             parts = self.dealer.recv_multipart()
-            if parts[0] != wire.FRAME:
+            if parts[0] not in (wire.FRAME, wire.FRAMES):
                 continue
-            self.frames.append(wire.decode_frame(parts)[0]["frame_index"])
+            self.frames.extend(meta["frame_index"] for meta, _ in wire.decode_frames(parts))
             if self.seconds_per_frame is not None:
                 time.sleep(self.seconds_per_frame)
                 self.dealer.send_multipart([wire.CREDIT])

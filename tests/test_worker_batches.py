@@ -133,6 +133,41 @@ def test_queued_frames_are_batched_and_a_bad_frame_fails_alone(worker_sockets):
     assert len(fused_payloads) == 6  # frames 0-4 and 6 (5 has the wrong shape for it)
 
 
+def test_a_frames_message_is_analysed_frame_by_frame_and_a_bad_one_returns_its_credits(worker_sockets):
+    """The ingest's ``frames`` message (a burst for this worker): each frame gets its own result,
+    as if it had come alone; a malformed one is logged and its frames' credits come back, so the
+    ingest does not count them in flight forever."""
+    worker, router, pull, stop = worker_sockets
+    analyzer = worker.analyzers.default()
+    n_params = len(analyzer.parameter_names)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    identity = receive_ready(router)[0]
+    alone = {}
+    for index in (0, 1):  # each frame alone first, for the expected results
+        router.send_multipart([identity, *frame_message(index)])
+        (meta, values, statuses), = wire.decode_results(pull.recv_multipart())
+        alone[index] = values, statuses
+        router.recv_multipart()  # its credit
+    frames = [wire.decode_frame(frame_message(index)) for index in (1, 0, 2)]
+    frames[2][0]["shape"] = [SHAPE[0], SHAPE[1] + 1]  # frame 2: a shape its payload does not have
+    router.send_multipart([identity, *wire.encode_frames(frames)])
+    results = wire.decode_results(pull.recv_multipart())
+    assert [meta["frame_index"] for meta, _, _ in results] == [1, 0, 2]
+    for meta, values, statuses in results[:2]:
+        assert meta["error"] is None
+        assert np.array_equal(values, alone[meta["frame_index"]][0], equal_nan=True)
+        assert np.array_equal(statuses, alone[meta["frame_index"]][1])
+    assert results[2][0]["error"] and np.all(np.isnan(results[2][1])) and results[2][1].size == n_params
+    assert wire.decode_credit(router.recv_multipart()[1:]) == 3
+    bad = wire.encode_frames(frames)[:-1]  # three metadata, two payloads
+    router.send_multipart([identity, *bad])
+    assert wire.decode_credit(router.recv_multipart()[1:]) == 2
+    assert not pull.poll(300), "no result for a message that could not be read"
+    stop.set()
+    thread.join(10)
+
+
 def test_mask_encoder_reuses_the_bytes_of_a_mask_equal_to_its_last_one():
     masks = wire.MaskEncoder()
     mask = np.zeros(SHAPE, np.uint32)
