@@ -117,9 +117,6 @@ class MapState:
             Status codes (default: OK where the value is finite, else ``INVALID_INPUT``).
         """
         row, col = self._check_position(row, col)
-        if isinstance(values, np.ndarray) and isinstance(statuses, np.ndarray):
-            self._update_vectors(row, col, values, statuses)
-            return
         value_vector = self._vector(values, np.nan, np.float64, "values")
         if statuses is None:
             status_vector = np.where(np.isfinite(value_vector), _OK, _INVALID_INPUT)
@@ -131,32 +128,14 @@ class MapState:
             status_vector = np.where(absent, int(Status.MISSING_PEAK), status_vector)
         status_vector = status_vector.astype(np.int32)  # a copy: the caller's vector stays as it was
         ok = status_vector == _OK
-        status_vector[ok & ~np.isfinite(value_vector)] = _INVALID_INPUT
-        if self.measured_count[row, col] > 0:
-            self.n_repeated += 1
-        self._values[:, row, col] = value_vector
-        self._values[status_vector != _OK, row, col] = np.nan
-        self._statuses[:, row, col] = status_vector
-        self.measured_count[row, col] += 1
-        self.version += 1
-
-    def _update_vectors(self, row: int, col: int, values: np.ndarray, statuses: np.ndarray) -> None:
-        """:meth:`update` of full value and status vectors (the collector's path, once per frame):
-        the same result with a few array operations."""
-        n = len(self.parameters)
-        if values.size != n or statuses.size != n:
-            raise ConfigurationError(f"values / statuses vectors have {values.size} / {statuses.size} entries, "
-                                     f"expected {n} (one per map parameter)")
-        status_vector = statuses.reshape(-1).astype(np.int32)  # a copy: the caller's vector stays as it was
-        ok = status_vector == _OK
-        good = np.isfinite(values.reshape(-1))
+        good = np.isfinite(value_vector)
         good &= ok
         status_vector[ok ^ good] = _INVALID_INPUT  # sent as OK but not finite
         if self.measured_count[row, col] > 0:
             self.n_repeated += 1
         column = self._values[:, row, col]
-        column[...] = values.reshape(-1)
-        column[~good] = np.nan
+        column[...] = value_vector
+        column[~good] = np.nan  # every status but OK goes with NaN
         self._statuses[:, row, col] = status_vector
         self.measured_count[row, col] += 1
         self.version += 1
