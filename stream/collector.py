@@ -30,7 +30,7 @@ from analysis.frame_rows import GrowingRows
 from analysis.map_state import MapState
 from analysis.scan_grid import ScanGrid
 from analysis.status import Status
-from stream.loop_thread import LoopThread
+from stream.loop_thread import LoopThread, waiting_messages
 from stream import wire
 from stream.accounting import AccountingSummary
 from stream.documents import DOCUMENT
@@ -153,13 +153,7 @@ class Collector(LoopThread):
         try:
             while not self._stop.is_set():
                 if self.socket.poll(self._poll_timeout_ms(), zmq.POLLIN):
-                    for _ in range(256):  # EVENTS: no zmq.Again raised at the end of each burst
-                        if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                            break
-                        try:
-                            parts = self.socket.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                    for parts in waiting_messages(self.socket, 256):
                         self.handle(parts)
                 self._check_complete()
                 self._expire_held()

@@ -32,6 +32,7 @@ import numpy as np
 import zmq
 
 from analysis.errors import ProtocolError
+from stream.loop_thread import waiting_messages
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +203,7 @@ class DocumentLog:
             self._inbox.close(linger=0)
 
     def _take_documents(self) -> None:
-        while True:
-            try:
-                name, body = self._inbox.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for name, body in waiting_messages(self._inbox):
             name = name.decode()
             self._documents.append((name, body))
             self.latest_seq = self._first_seq + len(self._documents) - 1
@@ -224,11 +221,7 @@ class DocumentLog:
         self._run_starts = [s for s in self._run_starts if s >= self._first_seq]
 
     def _take_requests(self) -> None:
-        while True:
-            try:
-                parts = self._router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for parts in waiting_messages(self._router):
             identity, request = parts[0], parts[1:]
             try:
                 publisher, since = decode_request(request)

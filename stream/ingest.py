@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import zmq
 
 from analysis.errors import ProtocolError
-from stream.loop_thread import LoopThread
+from stream.loop_thread import LoopThread, waiting_messages
 from stream import wire
 from stream.accounting import SeriesAccounting
 from stream.frame_store import StoredLocation
@@ -160,8 +160,7 @@ class Ingest(LoopThread):
 
     def _read_workers(self) -> None:
         """Apply every waiting worker message (ready, credit)."""
-        while self.router.poll(0, zmq.POLLIN):
-            parts = self.router.recv_multipart()
+        for parts in waiting_messages(self.router):
             identity, kind = parts[0], parts[1] if len(parts) > 1 else b""
             if kind == wire.READY:
                 try:

@@ -1,9 +1,29 @@
 """The service's socket loops (ingest, collector, frame-detail server, document receiver) each
-own their sockets and run in one daemon thread until stopped; this is that life cycle, once."""
+own their sockets and run in one daemon thread until stopped; this is that life cycle, once,
+and the loops' way of taking what waits on a socket."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+
+import zmq
+
+
+def waiting_messages(socket: zmq.Socket, limit: int | None = None) -> Iterator[list[bytes]]:
+    """The messages waiting on ``socket`` now (at most ``limit``), received without blocking.
+
+    ``ZMQ_EVENTS`` says whether one waits, so the end is found without raising ``zmq.Again``:
+    these loops run often and mostly find little.
+    """
+    taken = 0
+    while (limit is None or taken < limit) and socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        try:
+            parts = socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        taken += 1
+        yield parts
 
 
 class LoopThread:

@@ -50,6 +50,7 @@ import zmq
 from analysis.errors import ProtocolError
 from analysis.scan_grid import ScanGrid
 from stream import wire
+from stream.loop_thread import waiting_messages
 
 MAPS = b"maps"
 PIXELS = b"pixels"
@@ -329,14 +330,8 @@ class MapPublisher:
 
     def _take_subscriptions(self) -> None:
         """Read the subscriptions the XPUB socket hands over; note a subscriber joining."""
-        # EVENTS, not recv until zmq.Again: this runs on every collector loop, mostly to find
-        # nothing, and an exception each time costs more than the check
-        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                message = self.socket.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if message == b"\x01" + MAPS:
+        for parts in waiting_messages(self.socket):  # on every collector loop: mostly none
+            if parts == [b"\x01" + MAPS]:
                 self.joins += 1
                 self._joined = True
 
@@ -378,11 +373,7 @@ class MapSubscriber:
         newest = None
         if not self.socket.poll(timeout_ms, zmq.POLLIN):
             return None
-        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # no zmq.Again at the end of each burst
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for parts in waiting_messages(self.socket):
             try:
                 state = self._apply(parts)
             except (ProtocolError, KeyError, ValueError, TypeError):

@@ -35,15 +35,18 @@ DEFAULT_MAX_BATCH = 8
 lone frame is analysed at once), so batches form only when the worker falls behind, where
 fitting and deriving once per batch raises its rate; a frame's latency grows by at most the
 batch's analysis time."""
-DEFAULT_CREDITS = 2 * DEFAULT_MAX_BATCH  # credits_for(DEFAULT_MAX_BATCH)
-"""Frames in flight to one worker: two batches, so that the next batch already waits in the
-worker when it finishes one (the ingest sends a burst's frames in one message once it has read
-them all: with one batch in flight the worker would wait for that)."""
 
 
 def credits_for(max_batch: int) -> int:
-    """The default frames in flight for batches of ``max_batch``: two batches."""
+    """The default frames in flight to a worker with batches of ``max_batch``: two batches, so
+    that the next batch already waits in the worker when it finishes one (the ingest sends a
+    burst's frames in one message once it has read them all: with one batch in flight the
+    worker would wait for that)."""
     return 2 * max_batch
+
+
+DEFAULT_CREDITS = credits_for(DEFAULT_MAX_BATCH)
+"""Frames in flight to one worker, for the default batches."""
 
 
 @dataclass(frozen=True)
