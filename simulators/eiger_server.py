@@ -33,6 +33,43 @@ log = logging.getLogger(__name__)
 ENCODINGS = ("bslz4", "lz4", "none")
 HEADER_DETAILS = ("none", "basic", "all")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+REUSED_PAYLOAD_BYTES = 256 * 2**20
+"""A series that cycles through its source sends each repeated payload from one ``zmq.Frame``;
+at most this many payload bytes are held that way during the series."""
+
+
+class ReusedPayloads:
+    """One ``zmq.Frame`` per payload object that a series sends again (a source cycled through).
+
+    Sending a ``zmq.Frame`` again shares its buffer (libzmq counts references) where sending the
+    bytes with ``copy=False`` makes a new zero-copy message each time, whose release wakes pyzmq's
+    garbage-collection thread once per frame: in a benchmark that runs the simulator next to the
+    service, CPU taken from the service. Payloads below ``zmq.COPY_THRESHOLD`` are copied by pyzmq
+    anyway and pass through.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Payload bytes held at most (the objects stay referenced until this object goes).
+    """
+
+    def __init__(self, max_bytes: int = REUSED_PAYLOAD_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self.held_bytes = 0
+        self._frames: dict[int, tuple[bytes, zmq.Frame]] = {}
+
+    def part(self, payload):
+        """The part to send for ``payload``: its ``zmq.Frame`` (made on first use) or ``payload``."""
+        held = self._frames.get(id(payload))
+        if held is not None and held[0] is payload:
+            return held[1]
+        if (not isinstance(payload, bytes) or len(payload) < zmq.COPY_THRESHOLD
+                or self.held_bytes + len(payload) > self.max_bytes):
+            return payload
+        frame = zmq.Frame(payload, copy=False)
+        self._frames[id(payload)] = (payload, frame)  # the reference keeps id(payload) unique
+        self.held_bytes += len(payload)
+        return frame
 
 
 @dataclass(frozen=True)
@@ -412,6 +449,8 @@ class EigerStreamServer:
                                       count_time_s=count_time_s, series_unique_id=unique_id, arm_date=arm_date)
             self._send(self._encode(start), "global header")
         target = wire_compression(self.protocol, self.encoding)
+        # v1 sends the payload as its own part: a cycled source's payloads can share one buffer each
+        reused = ReusedPayloads() if self.protocol == "v1" and n_frames > source.n_frames else None
         payload_bytes, t0, sent = 0, None, 0
         for index0, (compression, payload) in enumerate(self._chunks(source, n_frames)):
             payload = convert_payload(payload, compression, target, metadata)
@@ -421,6 +460,8 @@ class EigerStreamServer:
                 start_time_ns=index0 * period_ns, stop_time_ns=index0 * period_ns + count_ns, real_time_ns=count_ns,
                 series_unique_id=unique_id, appendix=self._image_appendix(index0))
             message = self._encode(frame, series_date=arm_date)
+            if reused is not None and message[2] is payload:
+                message[2] = reused.part(payload)
             if t0 is None:
                 t0 = self._clock()
             elif rate_hz:

@@ -17,7 +17,7 @@ import zmq
 from analysis.errors import ConfigurationError, DataFileError, ProtocolError
 from simulators.__main__ import build_parser, main
 from simulators.eiger_files import EigerMetadata, open_eiger_scan, write_eiger_scan
-from simulators.eiger_server import EigerStreamServer
+from simulators.eiger_server import EigerStreamServer, ReusedPayloads
 from simulators.frame_sources import ArrayFrameSource, FrameSource
 from stream.codecs import decompress
 from stream.messages import ImageFrame, SeriesEnd, SeriesStart
@@ -250,6 +250,34 @@ def test_cycling_through_a_short_source_and_sending_fewer_frames():
     _, raw, _ = _serve(source, 4, n_frames=2)
     assert [type(decode_message(parts)).__name__ for parts in raw] == ["SeriesStart", "ImageFrame", "ImageFrame",
                                                                         "SeriesEnd"]
+
+
+def test_a_cycled_source_sends_each_large_payload_from_one_shared_frame():
+    big = (512, 1024)  # bitshuffle-LZ4 payloads above zmq.COPY_THRESHOLD
+    frames = np.random.default_rng(3).poisson(50.0, (3, *big)).astype(np.uint32)
+    source = ArrayFrameSource(frames, _metadata(dtype="uint32", shape=big, pixel_mask=None, flatfield=None))
+    assert all(len(source.chunk(i)) >= zmq.COPY_THRESHOLD for i in range(3))
+    _, raw, _ = _serve(source, 10, n_frames=8)
+    images = [decode_message(parts) for parts in raw[1:9]]
+    assert [image.frame_index for image in images] == list(range(8))
+    for i, image in enumerate(images):
+        np.testing.assert_array_equal(decompress(image.payload, "bslz4", "uint32", big), frames[i % 3])
+    assert isinstance(decode_message(raw[9]), SeriesEnd)
+
+
+def test_reused_payloads_share_a_frame_per_object_within_a_byte_limit():
+    size = 2 * zmq.COPY_THRESHOLD
+    reused = ReusedPayloads(max_bytes=5 * zmq.COPY_THRESHOLD)
+    first = bytes(size)
+    equal = bytes(bytearray(first))  # the same bytes in another object
+    frame = reused.part(first)
+    assert isinstance(frame, zmq.Frame) and reused.part(first) is frame and frame.bytes == first
+    other = reused.part(equal)
+    assert isinstance(other, zmq.Frame) and other is not frame and reused.part(equal) is other
+    third = b"x" * size
+    assert reused.part(third) is third  # over the limit: sent as bytes, not held
+    small = b"y" * 100
+    assert reused.part(small) is small and reused.held_bytes == 2 * size
 
 
 def test_dropped_header_and_end_and_raw_bad_messages():
