@@ -11,9 +11,12 @@ frames (bitshuffle-LZ4), and measures, in one run:
   :class:`stream.published_state.MapSubscriber`; pixel updates at most 100 times a second);
 * the sustained rate (``overflow="block"``: the sender is slowed, nothing dropped) with 1 and 2
   workers, frames/s = frames / (first frame sent -> series finished), uint32 and uint16 frames,
-  ``--repeats`` (3) series each (the median one gives the ratios and the bound), over
-  ``--max-frames`` (1000) frames: long enough that a series' start and end (the first batches,
-  the last frames in flight) weigh ~1 % of it, not ~5 % as over 300; measured first,
+  ``--repeats`` (5) series each, over ``--max-frames`` (1000) frames: long enough that a series'
+  start and end (the first batches, the last frames in flight) weigh ~1 % of it, not ~5 % as over
+  300. A 1-worker and a 2-worker service are alive at once (the idle one waits in its polls) and
+  their series alternate, so each 2-worker series has a 1-worker one next to it in time: the
+  scaling is the median of these pairs' ratios, which the machine's drift over minutes (~10 %)
+  does not enter; the median series of each gives the rates and the bound. Measured first,
   so that the fixed rates end with one at 90 % of it (at least 2 s of frames): the latency near
   the maximum rate, and whether frames are dropped there;
 * where the 2-worker rate goes: the worker's analysis alone (no service, no simulator, no
@@ -39,7 +42,7 @@ its steady state, as during a beamtime of many scans.
 No figure here is ever a pass/fail criterion. Figures go to BENCHMARKS.md.
 
 Run: ``.venv/bin/python bench/bench_service.py [--quick] [--rates 50 100 200] [--rate-workers 1 2]
-[--rate-frames N] [--max-frames N] [--repeats 3] [--small-grid 61] [--big-frames N] [--no-whole-big-scan]
+[--rate-frames N] [--max-frames N] [--repeats 5] [--small-grid 61] [--big-frames N] [--no-whole-big-scan]
 [--max-batch N] [--credits N] [--sustained-only]``
 """
 
@@ -354,8 +357,9 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="*", default=[50, 100, 200], help="fixed rates, frames/s")
     parser.add_argument("--rate-frames", type=int, default=300, help="frames per fixed-rate series")
     parser.add_argument("--max-frames", type=int, default=1000, help="frames per sustained-rate series")
-    parser.add_argument("--repeats", type=int, default=3, help="sustained-rate series per worker count and "
-                        "pixel type; the median one gives the ratios and the bound")
+    parser.add_argument("--repeats", type=int, default=5, help="sustained-rate series per worker count and "
+                        "pixel type, 1 and 2 workers in turn; the median pair ratio is the scaling, the "
+                        "median series gives the bound")
     parser.add_argument("--small-grid", type=int, default=61, help="side of the first RSS scan (all frames)")
     parser.add_argument("--big-grid", type=int, default=200, help="side of the second RSS scan")
     parser.add_argument("--big-frames", type=int, default=2000, help="frames sent of the big scan")
@@ -386,43 +390,62 @@ def main() -> None:
     print(f"{args.distinct_frames} distinct EIGER X 4M frames {frames32.shape[1:]} cycled; simulator holds "
           f"{(frames32.nbytes + frames16.nbytes) / 2**20:.0f} MiB of raw frames in the service process", flush=True)
 
-    # block first: the sustained rate (uint32, uint16) with 1 and 2 workers
+    # block first: the sustained rate (uint32, uint16) with 1 and 2 workers, one service of each
+    # alive at once and their series interleaved, so that each 2-worker series has a 1-worker one
+    # next to it in time (this machine's speed drifts by ~10 % over minutes)
     sustained, cpu_per_frame = {}, {}  # (workers, dtype) -> frames/s; -> (workers, service) CPU ms per frame
-    for n_workers in (1, 2):
-        bench = Bench(scan, n_workers=n_workers, overflow="block", max_batch=args.max_batch,
-                      credits=args.credits)
-        print(f"\n{n_workers} worker(s), overflow=block (service start-up {bench.startup_s:.1f} s)", flush=True)
-        try:
+    pair_ratios: dict[str, list[float]] = {}  # dtype -> 2-worker / 1-worker rate of each adjacent pair
+    benches: dict[int, Bench] = {}
+    try:
+        for n_workers in (1, 2):
+            benches[n_workers] = Bench(scan, n_workers=n_workers, overflow="block", max_batch=args.max_batch,
+                                       credits=args.credits)
+            print(f"{n_workers} worker(s), overflow=block: service start-up {benches[n_workers].startup_s:.1f} s",
+                  flush=True)
+        for bench in benches.values():
             bench.warm_up(frames32, args.max_frames)
-            for label, frames in (("uint32", frames32), ("uint16", frames16)):
-                runs = []  # (rate, (workers, service) CPU ms per frame)
-                for _ in range(args.repeats):
-                    r = bench.series(frames, args.max_frames, None)
-                    rate = r["n"] / r["elapsed_s"]
-                    runs.append((rate, tuple(
+        for label, frames in (("uint32", frames32), ("uint16", frames16)):
+            print(f"\nmax sustained {label}, series of 1 and 2 workers in turn:", flush=True)
+            runs: dict[int, list] = {1: [], 2: []}  # workers -> [(rate, (workers, service) CPU ms per frame)]
+            for repeat in range(args.repeats):
+                pair = {}
+                for n_workers in (1, 2) if repeat % 2 == 0 else (2, 1):  # either first in turn
+                    r = benches[n_workers].series(frames, args.max_frames, None)
+                    pair[n_workers] = rate = r["n"] / r["elapsed_s"]
+                    runs[n_workers].append((rate, tuple(
                         1e3 * sum(c for name, c in r["cpu_s_from_first"].items() if (name == "service") == is_service)
                         / r["n"] for is_service in (False, True))))
-                    print(f"  max sustained {label}: {r['n']} frames in {r['elapsed_s']:.1f} s = {rate:.1f} frames/s "
+                    print(f"  {n_workers} worker(s): {r['n']} frames in {r['elapsed_s']:.1f} s = {rate:.1f} frames/s "
                           f"({1e3 / rate:.1f} ms/frame), dropped {r['dropped']}, errors {r['errors'] or 0}; "
                           f"ingest -> placed {percentiles(r['collector_ms'])}", flush=True)
-                median_run = sorted(runs)[len(runs) // 2]  # the median series (the middle one of an odd count)
+                pair_ratios.setdefault(label, []).append(pair[2] / pair[1])
+            for n_workers, worker_runs in runs.items():
+                median_run = sorted(worker_runs)[len(worker_runs) // 2]  # the middle one of an odd count
                 sustained[(n_workers, label)], cpu_per_frame[(n_workers, label)] = median_run
-                if len(runs) > 1:
-                    print(f"  median of {len(runs)} {label} series: {median_run[0]:.1f} frames/s", flush=True)
-            if n_workers == 2 and not args.sustained_only:
-                side = args.small_grid
-                r = bench.series(frames32, side * side, None, (side, side))
-                print(f"  {side} x {side} scan, all {side * side} frames in {r['elapsed_s']:.1f} s "
-                      f"({r['n'] / r['elapsed_s']:.1f} frames/s), dropped {r['dropped']}: peak RSS "
-                      f"{rss_line(r['rss_kib'])}; map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
-                side = args.big_grid
-                r = bench.series(frames32, args.big_frames, None, (side, side))
-                print(f"  {side} x {side} scan, first {args.big_frames} frames in {r['elapsed_s']:.1f} s "
-                      f"({r['n'] / r['elapsed_s']:.1f} frames/s): peak RSS {rss_line(r['rss_kib'])}; "
-                      f"map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
-                if args.whole_big_scan:
-                    print_growth(bench, frames32, side)
-        finally:
+                if len(worker_runs) > 1:
+                    print(f"  median of {len(worker_runs)} {label} series, {n_workers} worker(s): "
+                          f"{median_run[0]:.1f} frames/s", flush=True)
+            ratios = pair_ratios[label]
+            print(f"  2 workers / 1 worker, each pair in turn: {', '.join(f'{x:.2f}' for x in ratios)}; "
+                  f"median {float(np.median(ratios)):.2f}x", flush=True)
+        benches.pop(1).close()  # the RSS below is that of the 2-worker service alone
+        if not args.sustained_only:
+            bench = benches[2]
+            print("\n2 workers, overflow=block: peak RSS", flush=True)
+            side = args.small_grid
+            r = bench.series(frames32, side * side, None, (side, side))
+            print(f"  {side} x {side} scan, all {side * side} frames in {r['elapsed_s']:.1f} s "
+                  f"({r['n'] / r['elapsed_s']:.1f} frames/s), dropped {r['dropped']}: peak RSS "
+                  f"{rss_line(r['rss_kib'])}; map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
+            side = args.big_grid
+            r = bench.series(frames32, args.big_frames, None, (side, side))
+            print(f"  {side} x {side} scan, first {args.big_frames} frames in {r['elapsed_s']:.1f} s "
+                  f"({r['n'] / r['elapsed_s']:.1f} frames/s): peak RSS {rss_line(r['rss_kib'])}; "
+                  f"map state {r['map_bytes'] / 2**20:.1f} MiB", flush=True)
+            if args.whole_big_scan:
+                print_growth(bench, frames32, side)
+    finally:
+        for bench in benches.values():
             bench.close()
     # then drop: latency at fixed rates and at 90 % of the sustained rate (1 and 2 workers)
     for n_workers in [] if args.sustained_only else args.rate_workers:
@@ -455,7 +478,8 @@ def main() -> None:
     for label in ("uint32", "uint16"):
         one, two = sustained.get((1, label)), sustained.get((2, label))
         if one and two:
-            print(f"2 workers / 1 worker ({label}): {two / one:.2f}x", flush=True)
+            print(f"2 workers / 1 worker ({label}): median of the pairs in turn "
+                  f"{float(np.median(pair_ratios[label])):.2f}x; of the median series {two / one:.2f}x", flush=True)
     if not args.quick:
         print_scaling_ceiling(sustained, cpu_per_frame)
     print(f"load average {os.getloadavg()[0]:.2f} at end", flush=True)
