@@ -140,8 +140,9 @@ class PublishedPixels(threading.Thread):
                 if snapshot is None:
                     continue
                 now = time.monotonic()
-                seen = self.first_seen.setdefault(snapshot.series_id,
-                                                  np.full(snapshot.grid.n_points, np.nan))
+                seen = self.first_seen.get(snapshot.series_id)
+                if seen is None:
+                    seen = self.first_seen[snapshot.series_id] = np.full(snapshot.grid.n_points, np.nan)
                 measured = (snapshot.statuses[0] != int(Status.NOT_MEASURED)).ravel()
                 new = measured & np.isnan(seen)
                 seen[new] = now
