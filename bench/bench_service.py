@@ -374,6 +374,8 @@ def main() -> None:
     parser.add_argument("--sustained-only", action="store_true", help="only the sustained rates (1 and 2 workers)")
     parser.add_argument("--quick", action="store_true", help="a short run (~1-2 min): fewer frames everywhere")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.quick:
         args.rate_frames, args.max_frames, args.small_grid, args.big_frames = 100, 100, 15, 300
         args.whole_big_scan = False
