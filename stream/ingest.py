@@ -221,18 +221,17 @@ class Ingest(LoopThread):
         return True
 
     def _send_assigned_to(self, identity: bytes) -> None:
-        """Send a worker the frames given to it, as one message; if it is gone, they go back to
-        the front of the queue (in order) for the other workers."""
-        frames = self._assigned.pop(identity, None)
+        """Send a worker the frames given to it, as one message; if it is gone,
+        :meth:`_send_to_worker` puts them back at the front of the queue for the other workers."""
+        frames = self._assigned.get(identity)
         if not frames:
             return
         reads_store = identity in self._store_readers
         message = wire.encode_frames([frame.meta_and_payload(reads_store) for frame in frames])
         if self._send_to_worker(identity, message):
+            del self._assigned[identity]
             self.forwarded += len(frames)
             self.series_workers.add(identity)
-        else:
-            self.queue.extendleft(reversed(frames))
 
     def _send_assigned(self) -> None:
         """Send every worker the frames given to it (end of a burst, and before any other

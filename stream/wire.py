@@ -274,13 +274,21 @@ def decode_frames(parts: list) -> list[tuple[dict, memoryview]]:
         raise ProtocolError("frames metadata is not a non-empty list of objects")
     if len(parts) != 2 + len(metas):
         raise ProtocolError(f"frames message of {len(metas)} frames has {len(parts)} parts, expected {2 + len(metas)}")
-    decoded = []
-    for meta, payload in zip(metas, parts[2:]):
-        if not isinstance(meta.get("shape"), list):
-            raise ProtocolError(f"frame metadata without a shape: {meta!r:.80}")
-        meta["shape"] = tuple(meta["shape"])
-        decoded.append((meta, payload.buffer if hasattr(payload, "buffer") else memoryview(payload)))
-    return decoded
+    return [_decoded_frame(meta, payload) for meta, payload in zip(metas, parts[2:])]
+
+
+def _decoded_frame(meta, payload) -> tuple[dict, memoryview]:
+    """One frame's metadata (its shape a tuple) and payload (a memoryview) as the worker takes them.
+
+    Raises
+    ------
+    ProtocolError
+        Metadata that is not an object with a list ``"shape"``.
+    """
+    if not isinstance(meta, dict) or not isinstance(meta.get("shape"), list):
+        raise ProtocolError(f"frame metadata without a shape: {meta!r:.80}")
+    meta["shape"] = tuple(meta["shape"])
+    return meta, payload.buffer if hasattr(payload, "buffer") else memoryview(payload)
 
 
 def _frame_meta(frame: ImageFrame, received_ns: int, series_instance: int | None) -> dict:
@@ -300,11 +308,7 @@ def decode_frame(parts: list) -> tuple[dict, memoryview]:
     """(metadata, payload) of a ``frame`` message."""
     if len(parts) != 3:
         raise ProtocolError(f"frame message has {len(parts)} parts, expected 3")
-    meta = loads(parts[1])
-    payload = parts[2]
-    payload = payload.buffer if hasattr(payload, "buffer") else memoryview(payload)
-    meta["shape"] = tuple(meta["shape"])
-    return meta, payload
+    return _decoded_frame(loads(parts[1]), parts[2])
 
 
 def encode_result(meta: dict, values: np.ndarray, statuses: np.ndarray) -> list[bytes]:

@@ -145,8 +145,9 @@ class Worker:
                     frames.extend(wire.decode_frames([part.buffer for part in parts]))
                 except ProtocolError as exc:  # lost frames: the collector misses their results
                     log.warning("worker %s: ignoring a bad frames message: %s", self.name, exc)
-                    if _frames_in(parts):  # the ingest still counts them in flight
-                        dealer.send_multipart(wire.encode_credit(_frames_in(parts)))
+                    in_flight = _frames_in(parts)  # the ingest still counts them in flight
+                    if in_flight:
+                        dealer.send_multipart(wire.encode_credit(in_flight))
                 continue
             self._flush(frames, dealer, results)
             frames = []

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
+from analysis.errors import ProtocolError
 from analysis.status import Status
 from stream import wire
 from stream.codecs import compress
@@ -166,6 +167,18 @@ def test_a_frames_message_is_analysed_frame_by_frame_and_a_bad_one_returns_its_c
     assert not pull.poll(300), "no result for a message that could not be read"
     stop.set()
     thread.join(10)
+
+
+def test_frame_metadata_without_a_shape_is_a_protocol_error_in_both_frame_messages():
+    kind, meta, payload = frame_message(0)
+    for bad in (b"[1]", b'{"frame_index": 0}', b'{"shape": 5}'):
+        with pytest.raises(ProtocolError, match="without a shape"):
+            wire.decode_frame([kind, bad, payload])
+    frames = [wire.decode_frame(frame_message(index)) for index in (0, 1)]
+    assert frames[0][0]["shape"] == SHAPE and bytes(frames[0][1]) == bytes(payload)
+    del frames[1][0]["shape"]
+    with pytest.raises(ProtocolError, match="without a shape"):
+        wire.decode_frames(wire.encode_frames(frames))
 
 
 def test_mask_encoder_reuses_the_bytes_of_a_mask_equal_to_its_last_one():
